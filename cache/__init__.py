@@ -1,0 +1,1 @@
+"""Client-side local storage: chunking, chunk files on disk and the SQLite index."""

@@ -1,0 +1,88 @@
+"""Cuts file bytes into content-defined chunks so that a local edit re-uploads only the chunks it touched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from pyfastcdc import FastCDC
+
+__all__ = [
+    "AVG_CHUNK",
+    "MAX_CHUNK",
+    "MIN_CHUNK",
+    "ChunkRef",
+    "chunk_file",
+    "chunk_stream",
+    "hash_bytes",
+    "is_chunk_hash",
+    "manifest_of",
+]
+
+MIN_CHUNK = 256 * 1024
+AVG_CHUNK = 1024 * 1024
+MAX_CHUNK = 4 * 1024 * 1024
+
+# These two change every cut point when changed, which would defeat dedupe against everything already
+# uploaded, so they are pinned here rather than left to pyfastcdc's defaults.
+_NORMALIZED_CHUNKING = 1
+_GEAR_SEED = 0
+
+_HASH_HEX_LEN = 64
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """One chunk of a file: where it sits in the file, how long it is, and the hash of its plain bytes."""
+
+    offset: int
+    size: int
+    hash: str
+
+
+def hash_bytes(data: bytes | bytearray | memoryview) -> str:
+    """The chunk fingerprint used everywhere: SHA-256 hex digest of the plain (uncompressed) bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_chunk_hash(name: str) -> bool:
+    """True if `name` has the shape of a fingerprint (it becomes a file name, so this guards paths too)."""
+    return len(name) == _HASH_HEX_LEN and set(name) <= _HEX_DIGITS
+
+
+def _new_cutter() -> FastCDC:
+    return FastCDC(
+        AVG_CHUNK,
+        min_size=MIN_CHUNK//4,
+        max_size=MAX_CHUNK,
+        normalized_chunking=_NORMALIZED_CHUNKING,
+        seed=_GEAR_SEED,
+    )
+
+
+def chunk_stream(f: BinaryIO) -> Iterator[tuple[ChunkRef, bytes]]:
+    """Yield (ref, bytes) for each chunk of the stream, in order, with memory bounded by a few MAX_CHUNKs.
+
+    pyfastcdc's stream cutter keeps one buffer of 2 * MAX_CHUNK and refills it (looping over short
+    reads) whenever less than MAX_CHUNK is left, so every cut decision sees the same bytes however the
+    stream happens to split its reads: the result depends only on the content.
+    """
+    for chunk in _new_cutter().cut_stream(f):
+        # The memoryview points into pyfastcdc's buffer and is overwritten by the next chunk: copy it.
+        data = bytes(chunk.data)
+        yield ChunkRef(offset=chunk.offset, size=len(data), hash=hash_bytes(data)), data
+
+
+def chunk_file(path: str | os.PathLike[str]) -> Iterator[tuple[ChunkRef, bytes]]:
+    """chunk_stream over the file at `path`; the file stays open until the iterator is exhausted or closed."""
+    with open(path, "rb") as f:
+        yield from chunk_stream(f)
+
+
+def manifest_of(path: str | os.PathLike[str]) -> list[ChunkRef]:
+    """The ordered chunk refs of the file at `path`, without keeping any chunk bytes."""
+    return [ref for ref, _data in chunk_file(path)]

@@ -1,0 +1,181 @@
+"""Keeps chunk bytes as plain files on local disk and never hands out bytes that fail their hash."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cache.chunker import hash_bytes, is_chunk_hash
+
+__all__ = ["ChunkStore", "StoreEntry", "TEMP_MARKER"]
+
+# Temp files carry this in their name so that reconciliation can tell them from chunk files.
+TEMP_MARKER = ".tmp-"
+
+# Enough to cover the chunks behind every open file's read-ahead window; each entry is ~100 bytes.
+_VERIFIED_MEMO_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    """One file found under the chunks directory by a scan."""
+
+    path: Path
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class _FileIdentity:
+    # A rewritten or truncated file differs in at least one of these, so it gets hashed again.
+    hash: str
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+class ChunkStore:
+    """Chunk files at `<cache_dir>/chunks/<hash[:2]>/<hash>`, each holding the plain bytes of one chunk."""
+
+    def __init__(self, cache_dir: str | os.PathLike[str]) -> None:
+        self.root = Path(cache_dir) / "chunks"
+        self.root.mkdir(parents=True, exist_ok=True)
+        # hash -> identity of the file last hashed successfully; one chunk has one file, so one entry.
+        self._verified: OrderedDict[str, _FileIdentity] = OrderedDict()
+        self._verified_lock = threading.Lock()
+
+    def path(self, hash: str) -> Path:
+        """Where the chunk named `hash` lives (whether or not it exists)."""
+        if not is_chunk_hash(hash):
+            raise ValueError(f"not a chunk hash: {hash!r}")
+        return self.root / hash[:2] / hash
+
+    def exists(self, hash: str) -> bool:
+        return self.path(hash).is_file()
+
+    def put(self, hash: str, data: bytes) -> None:
+        """Store `data` as chunk `hash` atomically; ValueError if the bytes do not match the name."""
+        if hash_bytes(data) != hash:
+            raise ValueError(f"chunk data does not match its hash {hash}")
+        target = self.path(hash)
+        target.parent.mkdir(exist_ok=True)
+        # No fsync: a chunk lost to a power cut is only a cache miss, and the rename never exposes a
+        # half-written file under the chunk's name (get() would catch it by its hash anyway).
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=hash + TEMP_MARKER)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            _unlink_quietly(Path(tmp))
+            raise
+
+    def get(self, hash: str) -> bytes | None:
+        """The chunk's bytes, or None if absent or corrupt (a corrupt file is deleted: refetch it)."""
+        try:
+            with open(self.path(hash), "rb") as f:
+                identity = self._identity(hash, f.fileno())
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        if hash_bytes(data) != hash:
+            self.delete(hash)
+            return None
+        self._remember(identity)
+        return data
+
+    def read_range(self, hash: str, offset: int, length: int) -> bytes | None:
+        """Up to `length` bytes of the chunk from `offset`, or None if absent or corrupt (then deleted).
+
+        The whole chunk is hashed on the first read of a given file; later reads of the same unchanged
+        file trust that, so that many small reads do not rehash up to 4 MiB each.
+        """
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must not be negative")
+        try:
+            fd = os.open(self.path(hash), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            identity = self._identity(hash, fd)
+            if not self._is_verified(identity):
+                data = _read_all(fd, identity.size)
+                if hash_bytes(data) != hash:
+                    self.delete(hash)
+                    return None
+                self._remember(identity)
+                return data[offset : offset + length]
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+
+    def delete(self, hash: str) -> None:
+        """Remove the chunk file if present."""
+        _unlink_quietly(self.path(hash))
+        with self._verified_lock:
+            self._verified.pop(hash, None)
+
+    def scan(self) -> Iterator[StoreEntry]:
+        """Every regular file under the chunks directory, chunk files and stray ones alike."""
+        for subdir in sorted(self.root.iterdir()):
+            if not subdir.is_dir():
+                yield from _entry_of(subdir)
+                continue
+            for file in sorted(subdir.iterdir()):
+                yield from _entry_of(file)
+
+    def is_well_placed(self, entry: StoreEntry) -> bool:
+        """True if the scanned file sits where a chunk named like it belongs."""
+        return is_chunk_hash(entry.name) and entry.path == self.path(entry.name)
+
+    def _identity(self, hash: str, fd: int) -> _FileIdentity:
+        st = os.fstat(fd)
+        return _FileIdentity(hash=hash, inode=st.st_ino, size=st.st_size, mtime_ns=st.st_mtime_ns)
+
+    def _is_verified(self, identity: _FileIdentity) -> bool:
+        with self._verified_lock:
+            if self._verified.get(identity.hash) == identity:
+                self._verified.move_to_end(identity.hash)
+                return True
+            return False
+
+    def _remember(self, identity: _FileIdentity) -> None:
+        with self._verified_lock:
+            self._verified[identity.hash] = identity
+            self._verified.move_to_end(identity.hash)
+            while len(self._verified) > _VERIFIED_MEMO_SIZE:
+                self._verified.popitem(last=False)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    # pread may return short on some filesystems; the result must be the whole file or the hash check fails.
+    parts = []
+    offset = 0
+    while offset < size:
+        part = os.pread(fd, size - offset, offset)
+        if not part:
+            break
+        parts.append(part)
+        offset += len(part)
+    return b"".join(parts)
+
+
+def _entry_of(path: Path) -> Iterator[StoreEntry]:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if path.is_file() and not path.is_symlink():
+        yield StoreEntry(path=path, name=path.name, size=st.st_size)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,210 @@
+"""The client's SQLite index: what the cache holds, what must survive a crash, and small settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import apsw
+
+from cache.chunker import ChunkRef
+
+__all__ = ["SCHEMA_VERSION", "Index", "IndexVersionError", "UploadState", "create_tables"]
+
+# Bump when create_tables changes in a way an existing index file needs migrating for.
+SCHEMA_VERSION = 1
+
+# Long enough to ride out another connection's checkpoint, short enough to surface a stuck one.
+_BUSY_TIMEOUT_MS = 5000
+
+
+class IndexVersionError(Exception):
+    """The index file was written by a newer schema than this client knows."""
+
+
+@dataclass(frozen=True)
+class UploadState:
+    """Progress of one resumable upload as it was last saved."""
+
+    upload_key: str
+    session_id: str | None
+    manifest: tuple[ChunkRef, ...]
+    done_hashes: frozenset[str]
+    updated: int
+
+
+def create_tables(conn: apsw.Connection) -> None:
+    """Create every table of the client index if missing, and stamp the schema version."""
+
+    # Chunk files present under <cache_dir>/chunks. `hash` names the file (SHA-256 hex of the plain
+    # bytes), `size` is its length in bytes, `last_access` is the LRU clock: a counter that only grows
+    # (not wall time), larger means used more recently. A row may briefly outlive its file (a crash
+    # between unlink and delete); readers treat a missing file as a miss and drop the row.
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS cached_chunks (
+            hash        TEXT PRIMARY KEY,
+            size        INTEGER NOT NULL,
+            last_access INTEGER NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS cached_chunks_lru ON cached_chunks(last_access)")
+
+    # Chunks that eviction must not delete. `owner` is an opaque tag for who needs the chunk, e.g.
+    # 'file:<inode>' for a dirty file not yet uploaded, 'pin:<node_id>' for a file pinned offline.
+    # A chunk is pinned while any owner holds it. A pin may name a chunk not (yet) in cached_chunks.
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS chunk_pins (
+            hash  TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            PRIMARY KEY (hash, owner)
+        )"""
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS chunk_pins_owner ON chunk_pins(owner)")
+
+    # Small settings and cursors, e.g. 'feed_cursor'. Values are text; callers encode anything else.
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS kv (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )"""
+    )
+
+    # Resumable uploads, so that one interrupted by a crash or reboot continues where it stopped.
+    # `upload_key` is chosen by the uploader (e.g. 'file:<inode>'); `session_id` is the server's upload
+    # session, NULL until one is opened; `manifest` is a JSON list of [offset, size, hash] in file order;
+    # `done_hashes` is a JSON list of hashes the blob store already has; `updated` is unix seconds.
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS upload_state (
+            upload_key  TEXT PRIMARY KEY,
+            session_id  TEXT,
+            manifest    TEXT NOT NULL,
+            done_hashes TEXT NOT NULL,
+            updated     INTEGER NOT NULL
+        )"""
+    )
+
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+class Index:
+    """One apsw connection to one account's index file.
+
+    Writers go through transaction(), which also holds a lock, so that threads sharing this
+    connection never interleave their savepoints.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.conn = apsw.Connection(self.path)
+        self._lock = threading.RLock()
+        self.conn.set_busy_timeout(_BUSY_TIMEOUT_MS)
+        # WAL lets readers run during a write. NORMAL in WAL mode may lose the last commits on power
+        # loss but never corrupts the file, and it spares an fsync per commit on the read path.
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        self._check_version()
+        with self.transaction():
+            create_tables(self.conn)
+
+    def _check_version(self) -> None:
+        found = self.conn.execute("PRAGMA user_version").get
+        if found > SCHEMA_VERSION:
+            raise IndexVersionError(
+                f"{self.path} has index schema {found}, this client knows up to {SCHEMA_VERSION}"
+            )
+
+    @contextmanager
+    def transaction(self) -> Iterator[apsw.Connection]:
+        """Run the block as one transaction (a savepoint when nested); rolled back if it raises."""
+        with self._lock, self.conn:
+            yield self.conn
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    def get_kv(self, key: str, default: str | None = None) -> str | None:
+        value = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).get
+        return default if value is None else value
+
+    def set_kv(self, key: str, value: str) -> None:
+        with self.transaction():
+            self.conn.execute("INSERT OR REPLACE INTO kv(key, value) VALUES (?, ?)", (key, value))
+
+    def delete_kv(self, key: str) -> None:
+        with self.transaction():
+            self.conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+
+    def save_upload(
+        self,
+        upload_key: str,
+        session_id: str | None,
+        manifest: Sequence[ChunkRef],
+        done_hashes: Iterable[str] = (),
+    ) -> None:
+        """Record (replacing any earlier record) the full state of one upload."""
+        with self.transaction():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO upload_state"
+                "(upload_key, session_id, manifest, done_hashes, updated) VALUES (?, ?, ?, ?, ?)",
+                (upload_key, session_id, _manifest_json(manifest), _hashes_json(done_hashes), _now()),
+            )
+
+    def mark_upload_done(self, upload_key: str, hashes: Iterable[str]) -> None:
+        """Add `hashes` to an upload's done set. Rewrites the set, so call it per batch, not per chunk."""
+        with self.transaction():
+            current = self.load_upload(upload_key)
+            if current is None:
+                raise KeyError(upload_key)
+            self.conn.execute(
+                "UPDATE upload_state SET done_hashes = ?, updated = ? WHERE upload_key = ?",
+                (_hashes_json(current.done_hashes.union(hashes)), _now(), upload_key),
+            )
+
+    def load_upload(self, upload_key: str) -> UploadState | None:
+        row = self.conn.execute(
+            "SELECT session_id, manifest, done_hashes, updated FROM upload_state WHERE upload_key = ?",
+            (upload_key,),
+        ).fetchone()
+        if row is None:
+            return None
+        session_id, manifest, done_hashes, updated = row
+        return UploadState(
+            upload_key=upload_key,
+            session_id=session_id,
+            manifest=tuple(ChunkRef(offset, size, hash) for offset, size, hash in json.loads(manifest)),
+            done_hashes=frozenset(json.loads(done_hashes)),
+            updated=updated,
+        )
+
+    def list_uploads(self) -> list[str]:
+        """Keys of every saved upload, oldest first: what to resume after a restart."""
+        rows = self.conn.execute("SELECT upload_key FROM upload_state ORDER BY updated, upload_key")
+        return [key for (key,) in rows]
+
+    def drop_upload(self, upload_key: str) -> None:
+        with self.transaction():
+            self.conn.execute("DELETE FROM upload_state WHERE upload_key = ?", (upload_key,))
+
+
+def _manifest_json(manifest: Sequence[ChunkRef]) -> str:
+    # Arrays rather than objects: a 50 GB file has ~40k chunks and this is rewritten on every save.
+    return json.dumps([[ref.offset, ref.size, ref.hash] for ref in manifest], separators=(",", ":"))
+
+
+def _hashes_json(hashes: Iterable[str]) -> str:
+    # Sorted so that equal sets give equal text.
+    return json.dumps(sorted(set(hashes)), separators=(",", ":"))
+
+
+def _now() -> int:
+    return int(time.time())

@@ -1,0 +1,1 @@
+"""The mounted filesystem and the `drive` command line."""

@@ -1,0 +1,328 @@
+"""The HTTP API: thin FastAPI handlers over the metadata store and the blob store."""
+
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from cachetools import TTLCache
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import limits, models
+from .blobs.base import verify_chunk
+from .blobs.local import LocalBlobStore
+from .blobs.signing import UrlSigner
+from .config import ServerConfig
+from .errors import ApiError, BadRequest, NotFound, TooLarge, Unauthorized
+from .notify import ChangeNotifier
+from .store.db import SqliteDatabase
+from .store.metadata import ChunkInfo, MetadataStore, User
+
+log = logging.getLogger("drivefs.server")
+VERSION = "0.1.0"
+API = "/api/v1"
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": models.ErrorBody} for code in (400, 401, 403, 404, 409, 410, 413, 422)
+}
+
+
+class BodyLimit:
+    """ASGI middleware refusing request bodies above a size, with or without a Content-Length."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                return await _error_response(TooLarge(f"request body above {self.max_bytes} bytes"))(scope, receive, send)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise TooLarge(f"request body above {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _noop() -> None:
+    return None
+
+
+def _error_response(err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+class Services:
+    """What the handlers need, built once per app: the stores, the signer and the notifier."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.notifier = ChangeNotifier()
+        self.db = SqliteDatabase(config.db_path)
+        self.store = MetadataStore(self.db, on_change=self.notifier.notify)
+        self.store.init_schema()
+        self.signer = UrlSigner(config.secret())
+        self.blobs = LocalBlobStore(config.blob_dir, self.signer, config.url_ttl_s)
+        self._tokens: TTLCache[str, User] = TTLCache(maxsize=4096, ttl=10)
+
+    def authenticate(self, token: str) -> User:
+        user = self._tokens.get(token)
+        if user is None:
+            user = self.store.user_by_token(token)
+            if user is None:
+                raise Unauthorized("unknown or revoked token")
+            self._tokens[token] = user
+        return user
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    svc = Services(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        svc.notifier.bind(asyncio.get_running_loop())
+        yield
+        svc.db.close()
+
+    app = FastAPI(title="drivefs", version=VERSION, lifespan=lifespan, responses=_ERRORS)
+    app.state.services = svc
+    bearer = HTTPBearer(auto_error=False)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": [str(x) for x in e.get("loc", ())], "msg": e.get("msg", "")} for e in exc.errors()]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(first["loc"][1:] or first["loc"])
+        body = {"error": {"code": "invalid", "message": f"{where}: {first['msg']}" if where else first["msg"],
+                          "details": {"errors": errors}}}
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": {"code": code, "message": str(exc.detail), "details": {}}},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": {"code": "internal", "message": "internal server error", "details": {}}},
+                            status_code=500)
+
+    def current_user(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> User:
+        if cred is None or cred.scheme.lower() != "bearer":
+            raise Unauthorized("send 'Authorization: Bearer <token>' (drive login saves one)")
+        return svc.authenticate(cred.credentials)
+
+    Caller = Annotated[User, Depends(current_user)]
+    Device = Annotated[str | None, Header(alias="X-Drive-Device", max_length=255)]
+    Limit = Annotated[int, Query(ge=1, le=limits.MAX_PAGE)]
+    store = svc.store
+
+    @app.get("/health", response_model=models.Health, tags=["meta"])
+    def health() -> models.Health:
+        return models.Health(status="ok", version=VERSION)
+
+    @app.get(f"{API}/me", response_model=models.Me, tags=["meta"])
+    def me(user: Caller) -> models.Me:
+        return store.me(user)
+
+    # ---- tree ----
+    @app.get(f"{API}/resolve", response_model=models.Node, tags=["tree"])
+    def resolve(user: Caller, path: Annotated[str, Query(max_length=65536)]) -> models.Node:
+        return store.node_by_path(user, path)
+
+    @app.get(f"{API}/nodes/{{node_id}}", response_model=models.Node, tags=["tree"])
+    def get_node(user: Caller, node_id: models.NodeId) -> models.Node:
+        return store.get_node(user, node_id)
+
+    @app.get(f"{API}/nodes/{{node_id}}/children", response_model=models.Listing, tags=["tree"])
+    def children(user: Caller, node_id: models.NodeId, cursor: Annotated[str | None, Query(max_length=1024)] = None,
+                 limit: Limit = limits.DEFAULT_PAGE) -> models.Listing:
+        return store.list_children(user, node_id, cursor, limit)
+
+    @app.post(f"{API}/folders", response_model=models.Node, status_code=201, tags=["tree"])
+    def create_folder(user: Caller, req: models.FolderCreate) -> models.Node:
+        return store.create_folder(user, req)
+
+    @app.post(f"{API}/symlinks", response_model=models.Node, status_code=201, tags=["tree"])
+    def create_symlink(user: Caller, req: models.SymlinkCreate) -> models.Node:
+        return store.create_symlink(user, req)
+
+    @app.post(f"{API}/files", response_model=models.Node, tags=["tree"])
+    def commit_file(user: Caller, req: models.FileCommit, device: Device = None) -> models.Node:
+        if req.device is None and device:
+            req.device = device
+        return store.commit_file(user, req)
+
+    @app.post(f"{API}/nodes/{{node_id}}/move", response_model=models.Node, tags=["tree"])
+    def move(user: Caller, node_id: models.NodeId, req: models.Move, device: Device = None) -> models.Node:
+        return store.move(user, node_id, req, device)
+
+    @app.patch(f"{API}/nodes/{{node_id}}", response_model=models.Node, tags=["tree"])
+    def set_attr(user: Caller, node_id: models.NodeId, req: models.AttrUpdate) -> models.Node:
+        return store.set_attr(user, node_id, req)
+
+    @app.delete(f"{API}/nodes/{{node_id}}", response_model=models.Node, tags=["tree"])
+    def delete(user: Caller, node_id: models.NodeId, require_empty: bool = False, device: Device = None) -> models.Node:
+        return store.delete(user, node_id, require_empty, device)
+
+    @app.post(f"{API}/nodes/{{node_id}}/restore", response_model=models.Node, tags=["tree"])
+    def restore(user: Caller, node_id: models.NodeId, req: models.Restore) -> models.Node:
+        return store.restore_node(user, node_id, req.name)
+
+    @app.get(f"{API}/trash", response_model=models.Listing, tags=["tree"])
+    def trash(user: Caller, limit: Limit = limits.DEFAULT_PAGE) -> models.Listing:
+        return store.list_trash(user, limit)
+
+    # ---- versions ----
+    @app.get(f"{API}/nodes/{{node_id}}/versions", response_model=models.VersionList, tags=["versions"])
+    def versions(user: Caller, node_id: models.NodeId) -> models.VersionList:
+        return store.versions(user, node_id)
+
+    @app.get(f"{API}/nodes/{{node_id}}/versions/{{version}}", response_model=models.VersionDetail, tags=["versions"])
+    def version_detail(user: Caller, node_id: models.NodeId, version: Annotated[int, models.Field(ge=1)]) -> models.VersionDetail:
+        return store.version_detail(user, node_id, version)
+
+    @app.post(f"{API}/nodes/{{node_id}}/versions/{{version}}/restore", response_model=models.Node, tags=["versions"])
+    def restore_version(user: Caller, node_id: models.NodeId, version: Annotated[int, models.Field(ge=1)],
+                        device: Device = None) -> models.Node:
+        return store.restore_version(user, node_id, version, device)
+
+    # ---- chunks ----
+    @app.post(f"{API}/chunks/missing", response_model=models.MissingAnswer, tags=["chunks"])
+    def missing(user: Caller, req: models.MissingQuery) -> models.MissingAnswer:
+        return models.MissingAnswer(missing=store.missing_chunks(user, req.hashes))
+
+    @app.post(f"{API}/chunks/upload-urls", response_model=models.SignedUrls, tags=["chunks"])
+    def upload_urls(user: Caller, req: models.UploadUrlQuery) -> models.SignedUrls:
+        return models.SignedUrls(urls=[svc.blobs.upload_url(c, user.id) for c in req.chunks])
+
+    @app.post(f"{API}/chunks/download-urls", response_model=models.SignedUrls, tags=["chunks"])
+    def download_urls(user: Caller, req: models.DownloadUrlQuery) -> models.SignedUrls:
+        infos = store.readable_chunks(user, req.node_id, req.version, req.hashes)
+        return models.SignedUrls(urls=[svc.blobs.download_url(i, user.id) for i in infos])
+
+    @app.put("/blobs/{chunk_hash}", status_code=201, tags=["blobs"], responses={201: {"description": "stored"}})
+    async def put_blob(chunk_hash: str, request: Request) -> JSONResponse:
+        grant = svc.signer.check("PUT", chunk_hash, dict(request.query_params))
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > grant.stored_size:
+                raise TooLarge(f"the chunk is larger than the {grant.stored_size} bytes this URL allows")
+        if len(body) != grant.stored_size:
+            raise BadRequest(f"expected {grant.stored_size} bytes, got {len(body)}")
+        info = ChunkInfo(chunk_hash, grant.size, grant.stored_size, grant.encoding)
+        stored = await run_in_threadpool(_store_blob, svc, grant.user_id, info, bytes(body))
+        return JSONResponse({"hash": chunk_hash, "encoding": stored.encoding}, status_code=201)
+
+    @app.get("/blobs/{chunk_hash}", tags=["blobs"], response_class=FileResponse,
+             responses={200: {"content": {"application/octet-stream": {}}}})
+    def get_blob(chunk_hash: str, request: Request) -> FileResponse:
+        grant = svc.signer.check("GET", chunk_hash, dict(request.query_params))
+        path = svc.blobs.path(chunk_hash, grant.encoding)
+        if not path.is_file():
+            raise NotFound("this chunk is not in the blob store")
+        return FileResponse(path, media_type="application/octet-stream",
+                            headers={"X-Drive-Encoding": grant.encoding, "Cache-Control": "private, max-age=0"})
+
+    # ---- resumable uploads ----
+    @app.post(f"{API}/uploads", response_model=models.UploadSession, status_code=201, tags=["uploads"])
+    def create_upload(user: Caller, req: models.FileCommit, device: Device = None) -> models.UploadSession:
+        if req.device is None and device:
+            req.device = device
+        return store.create_session(user, req, config.session_ttl_s)
+
+    @app.get(f"{API}/uploads/{{sid}}", response_model=models.UploadSession, tags=["uploads"])
+    def get_upload(user: Caller, sid: Annotated[str, models.Field(max_length=64)]) -> models.UploadSession:
+        return store.session(user, sid)
+
+    @app.post(f"{API}/uploads/{{sid}}/commit", response_model=models.Node, tags=["uploads"])
+    def commit_upload(user: Caller, sid: Annotated[str, models.Field(max_length=64)]) -> models.Node:
+        return store.commit_session(user, sid)
+
+    @app.delete(f"{API}/uploads/{{sid}}", status_code=204, tags=["uploads"])
+    def drop_upload(user: Caller, sid: Annotated[str, models.Field(max_length=64)]) -> None:
+        store.drop_session(user, sid)
+
+    # ---- shares ----
+    @app.post(f"{API}/nodes/{{node_id}}/shares", response_model=models.Share, status_code=201, tags=["shares"])
+    def share(user: Caller, node_id: models.NodeId, req: models.ShareCreate) -> models.Share:
+        return store.share(user, node_id, req)
+
+    @app.get(f"{API}/nodes/{{node_id}}/shares", response_model=models.ShareList, tags=["shares"])
+    def shares_of(user: Caller, node_id: models.NodeId) -> models.ShareList:
+        return store.shares_of(user, node_id)
+
+    @app.delete(f"{API}/nodes/{{node_id}}/shares/{{name}}", status_code=204, tags=["shares"])
+    def unshare(user: Caller, node_id: models.NodeId, name: Annotated[str, models.Field(max_length=255)]) -> None:
+        store.unshare(user, node_id, name)
+
+    @app.get(f"{API}/shares/with-me", response_model=models.SharedItems, tags=["shares"])
+    def shared_with_me(user: Caller) -> models.SharedItems:
+        return store.shared_with_me(user)
+
+    @app.get(f"{API}/shares/by-me", response_model=models.ShareList, tags=["shares"])
+    def shared_by_me(user: Caller) -> models.ShareList:
+        return store.shared_by_me(user)
+
+    # ---- changes feed ----
+    @app.get(f"{API}/changes/latest", response_model=models.Cursor, tags=["changes"])
+    def latest(user: Caller) -> models.Cursor:
+        return models.Cursor(cursor=str(store.latest_cursor()))
+
+    @app.get(f"{API}/changes", response_model=models.Changes, tags=["changes"])
+    async def changes(user: Caller, cursor: Annotated[str, Query(pattern=r"^[0-9]{1,19}$")] = "0",
+                      limit: Limit = 500,
+                      wait: Annotated[float, Query(ge=0, le=limits.MAX_LONGPOLL_SECONDS)] = 0) -> models.Changes:
+        after = int(cursor)
+        deadline = time.monotonic() + wait
+        while True:
+            event = svc.notifier.event_for(user.id)
+            page = await run_in_threadpool(store.changes, user, after, limit)
+            remaining = deadline - time.monotonic()
+            if page.changes or remaining <= 0:
+                return page
+            try:
+                await asyncio.wait_for(event.wait(), timeout=remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    return _with_limits(app)
+
+
+def _store_blob(svc: Services, user_id: int, info: ChunkInfo, data: bytes) -> ChunkInfo:
+    """Verify an uploaded chunk, keep its bytes unless an equal chunk is already stored, record it."""
+    verify_chunk(info.hash, info.encoding, info.size, data)
+    existing = svc.store.chunk_info(info.hash)
+    if existing is None or not svc.blobs.exists(existing.hash, existing.encoding):
+        svc.blobs.write(info.hash, info.encoding, data)
+        existing = None
+    return svc.store.record_chunk(user_id, existing or info)
+
+
+def _with_limits(app: FastAPI) -> FastAPI:
+    # Blob bodies are bounded by their signed size in the handler; this bounds everything else.
+    app.add_middleware(BodyLimit, max_bytes=limits.MAX_JSON_BODY_BYTES)
+    return app

@@ -1,0 +1,37 @@
+"""The blob store interface: presence, signed URLs, and verification of what a client uploaded."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol
+
+import zstandard
+
+from .. import models
+from ..errors import BadRequest, Invalid
+from ..store.metadata import ChunkInfo
+
+
+class BlobStore(Protocol):
+    """Holds chunk objects named by the SHA-256 of their plain bytes."""
+
+    def upload_url(self, chunk: models.UploadChunk, user_id: int) -> models.SignedUrl: ...
+    def download_url(self, info: ChunkInfo, user_id: int) -> models.SignedUrl: ...
+
+
+def verify_chunk(hash_: str, encoding: str, size: int, stored: bytes) -> None:
+    """Check that `stored` (in `encoding`) decodes to `size` bytes whose SHA-256 is `hash_`."""
+    if encoding == "zstd":
+        try:
+            plain = zstandard.ZstdDecompressor().decompress(stored, max_output_size=size)
+        except zstandard.ZstdError as e:
+            raise BadRequest(f"the chunk is not valid zstd data: {e}") from None
+    elif encoding == "none":
+        plain = stored
+    else:
+        raise BadRequest(f"unknown chunk encoding {encoding!r}")
+    if len(plain) != size:
+        raise Invalid(f"the chunk holds {len(plain)} bytes, not the {size} announced")
+    actual = hashlib.sha256(plain).hexdigest()
+    if actual != hash_:
+        raise Invalid("the chunk's bytes do not match its hash", expected=hash_, actual=actual)

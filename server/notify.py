@@ -1,0 +1,36 @@
+"""Wakes long-polling feed readers as soon as a change they can see is committed."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class ChangeNotifier:
+    """Per-user wake-up events; `notify` may be called from any thread once `bind` has run."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._events: dict[int, asyncio.Event] = {}
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def event_for(self, user_id: int) -> asyncio.Event:
+        """Take the event *before* reading the feed, so a change in between is not missed."""
+        ev = self._events.get(user_id)
+        if ev is None:
+            ev = self._events[user_id] = asyncio.Event()
+        return ev
+
+    def _wake(self, users: set[int]) -> None:
+        for uid in users:
+            ev = self._events.pop(uid, None)
+            if ev is not None:
+                ev.set()
+
+    def notify(self, users: set[int]) -> None:
+        if self._loop is None:
+            return
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._wake, set(users))

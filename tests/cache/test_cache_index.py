@@ -1,0 +1,118 @@
+"""Index: pragmas, schema versioning, kv and resumable-upload records that survive reopening."""
+
+import apsw
+import pytest
+
+from cache.chunker import ChunkRef
+from cache.index import SCHEMA_VERSION, Index, IndexVersionError, create_tables
+
+MANIFEST = [
+    ChunkRef(0, 300_000, "a" * 64),
+    ChunkRef(300_000, 1_000_000, "b" * 64),
+    ChunkRef(1_300_000, 5, "c" * 64),
+]
+
+
+@pytest.fixture
+def index_path(tmp_path):
+    return tmp_path / "index.sqlite"
+
+
+def test_pragmas_and_schema_version(index_path):
+    index = Index(index_path)
+    conn = index.conn
+    assert conn.execute("PRAGMA journal_mode").get == "wal"
+    assert conn.execute("PRAGMA synchronous").get == 1  # NORMAL
+    assert conn.execute("PRAGMA busy_timeout").get > 0
+    assert conn.execute("PRAGMA user_version").get == SCHEMA_VERSION
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"cached_chunks", "chunk_pins", "kv", "upload_state"} <= tables
+    index.close()
+
+
+def test_create_tables_is_idempotent(index_path):
+    index = Index(index_path)
+    index.set_kv("k", "v")
+    create_tables(index.conn)
+    index.close()
+    index = Index(index_path)
+    assert index.get_kv("k") == "v"
+    index.close()
+
+
+def test_an_index_from_a_newer_client_is_refused(index_path):
+    Index(index_path).close()
+    conn = apsw.Connection(str(index_path))
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(IndexVersionError):
+        Index(index_path)
+
+
+def test_kv_round_trip_and_persistence(index_path):
+    index = Index(index_path)
+    assert index.get_kv("feed_cursor") is None
+    assert index.get_kv("feed_cursor", "0") == "0"
+    index.set_kv("feed_cursor", "41")
+    index.set_kv("feed_cursor", "42")
+    index.set_kv("device", "laptop")
+    index.delete_kv("device")
+    index.close()
+
+    index = Index(index_path)
+    assert index.get_kv("feed_cursor") == "42"
+    assert index.get_kv("device") is None
+    index.close()
+
+
+def test_upload_state_round_trip_and_persistence(index_path):
+    index = Index(index_path)
+    assert index.load_upload("file:7") is None
+    index.save_upload("file:7", None, MANIFEST)
+    index.save_upload("file:8", "sess-8", MANIFEST[:1], ["a" * 64])
+    state = index.load_upload("file:7")
+    assert state.session_id is None
+    assert state.manifest == tuple(MANIFEST)
+    assert state.done_hashes == frozenset()
+
+    index.save_upload("file:7", "sess-7", MANIFEST, ["a" * 64])
+    index.mark_upload_done("file:7", ["c" * 64, "a" * 64])
+    index.close()
+
+    index = Index(index_path)
+    state = index.load_upload("file:7")
+    assert state.upload_key == "file:7"
+    assert state.session_id == "sess-7"
+    assert state.manifest == tuple(MANIFEST)
+    assert state.done_hashes == {"a" * 64, "c" * 64}
+    assert state.updated > 0
+    assert sorted(index.list_uploads()) == ["file:7", "file:8"]
+
+    index.drop_upload("file:7")
+    assert index.load_upload("file:7") is None
+    assert index.list_uploads() == ["file:8"]
+    with pytest.raises(KeyError):
+        index.mark_upload_done("file:7", ["a" * 64])
+    index.close()
+
+
+def test_transaction_rolls_back_on_error(index_path):
+    index = Index(index_path)
+    index.set_kv("k", "before")
+    with pytest.raises(RuntimeError):
+        with index.transaction() as conn:
+            conn.execute("UPDATE kv SET value = 'during' WHERE key = 'k'")
+            index.set_kv("other", "nested")  # nested: a savepoint inside the outer transaction
+            raise RuntimeError("boom")
+    assert index.get_kv("k") == "before"
+    assert index.get_kv("other") is None
+    index.close()
+
+
+def test_a_second_connection_sees_committed_writes(index_path):
+    index = Index(index_path)
+    index.set_kv("k", "v")
+    reader = apsw.Connection(str(index_path))
+    assert reader.execute("SELECT value FROM kv WHERE key = 'k'").get == "v"
+    reader.close()
+    index.close()
