@@ -97,8 +97,9 @@ class _Counters:
 class ChunkCache:
     """Chunk files (ChunkStore) plus their rows in the index (Index): sizes, LRU clock and pins.
 
-    Safe to call from several threads: index writes go through Index.transaction(), and file reads
-    and hashing happen outside it. The Index is the caller's; close() does not close it.
+    Safe to call from several threads: index writes go through Index.transaction() (which holds the
+    index lock); reads hash outside it, put() holds it while it hashes and writes one chunk.
+    The Index is the caller's; close() does not close it.
     """
 
     def __init__(
@@ -113,10 +114,13 @@ class ChunkCache:
         # The LRU clock continues from the index so that order survives a restart.
         self._clock = index.conn.execute("SELECT COALESCE(MAX(last_access), 0) FROM cached_chunks").get
 
-    def put(self, hash: str, data: bytes) -> None:
-        """Store a chunk (ValueError if `data` does not hash to `hash`) and count it as just used."""
+    def put(self, hash: str, data: bytes, *, durable: bool = False) -> None:
+        """Store a chunk (ValueError if `data` does not hash to `hash`) and count it as just used.
+
+        durable=True fsyncs the file: use it when the chunk is the only copy of not-yet-uploaded data.
+        """
         with self.index.transaction() as conn:
-            self.store.put(hash, data)
+            self.store.put(hash, data, durable=durable)
             conn.execute(
                 "INSERT INTO cached_chunks(hash, size, last_access) VALUES (?, ?, ?)"
                 " ON CONFLICT(hash) DO UPDATE SET size = excluded.size, last_access = excluded.last_access",

@@ -57,7 +57,7 @@ def is_chunk_hash(name: str) -> bool:
 def _new_cutter() -> FastCDC:
     return FastCDC(
         AVG_CHUNK,
-        min_size=MIN_CHUNK//4,
+        min_size=MIN_CHUNK,
         max_size=MAX_CHUNK,
         normalized_chunking=_NORMALIZED_CHUNKING,
         seed=_GEAR_SEED,

@@ -58,22 +58,30 @@ class ChunkStore:
     def exists(self, hash: str) -> bool:
         return self.path(hash).is_file()
 
-    def put(self, hash: str, data: bytes) -> None:
-        """Store `data` as chunk `hash` atomically; ValueError if the bytes do not match the name."""
+    def put(self, hash: str, data: bytes, *, durable: bool = False) -> None:
+        """Store `data` as chunk `hash` atomically; ValueError if the bytes do not match the name.
+
+        By default there is no fsync: a re-fetchable chunk lost to a power cut is only a cache miss,
+        and the rename never exposes a half-written file under the chunk's name. Pass durable=True
+        when this file is the only copy (dirty data not yet uploaded).
+        """
         if hash_bytes(data) != hash:
             raise ValueError(f"chunk data does not match its hash {hash}")
         target = self.path(hash)
         target.parent.mkdir(exist_ok=True)
-        # No fsync: a chunk lost to a power cut is only a cache miss, and the rename never exposes a
-        # half-written file under the chunk's name (get() would catch it by its hash anyway).
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=hash + TEMP_MARKER)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, target)
         except BaseException:
             _unlink_quietly(Path(tmp))
             raise
+        if durable:
+            _fsync_dir(target.parent)
 
     def get(self, hash: str) -> bytes | None:
         """The chunk's bytes, or None if absent or corrupt (a corrupt file is deleted: refetch it)."""
@@ -163,6 +171,15 @@ def _read_all(fd: int, size: int) -> bytes:
         parts.append(part)
         offset += len(part)
     return b"".join(parts)
+
+
+def _fsync_dir(path: Path) -> None:
+    # The rename itself is only durable once the directory entry is on disk.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _entry_of(path: Path) -> Iterator[StoreEntry]:

@@ -2,6 +2,7 @@
 
 import os
 import random
+import threading
 
 import pytest
 
@@ -263,3 +264,44 @@ def test_reconcile_after_a_file_vanished_behind_the_cache(opened):
     assert hash not in cache
     assert cache.usage().bytes == SIZE
     assert cache.get(other) == other_data
+
+
+def test_concurrent_readers_writers_and_eviction_stay_consistent(opened):
+    cache = opened.cache
+    chunks = [make_chunk(seed, size=20 * KiB) for seed in range(40)]
+    by_hash = dict(chunks)
+    errors = []
+
+    def reader_writer(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(300):
+                hash, data = rng.choice(chunks)
+                got = cache.get(hash) if rng.random() < 0.5 else cache.read_range(hash, 100, 50)
+                if got is None:
+                    cache.put(hash, data)
+                elif got not in (data, data[100:150]):
+                    errors.append(f"wrong bytes for {hash}")
+        except Exception as error:  # surfaced in the main thread below
+            errors.append(repr(error))
+
+    def evictor() -> None:
+        try:
+            for _ in range(100):
+                cache.evict(200 * KiB)
+        except Exception as error:
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=reader_writer, args=(seed,)) for seed in range(4)]
+    threads.append(threading.Thread(target=evictor))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    stats = cache.reconcile(deep=True)
+    assert (stats.removed_files, stats.dropped_rows, stats.corrupt_chunks) == (0, 0, 0)
+    for hash in by_hash:
+        if hash in cache:
+            assert cache.get(hash) == by_hash[hash]

@@ -180,3 +180,16 @@ def test_scan_reports_chunks_and_strays(tmp_path):
     assert entries[hash].size == len(data)
     assert store.is_well_placed(entries[hash])
     assert not store.is_well_placed(entries[stray.name])
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_only_durable_puts_fsync(tmp_path, monkeypatch, durable):
+    store = ChunkStore(tmp_path)
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    hash, data = make_chunk()
+    store.put(hash, data, durable=durable)
+    assert store.get(hash) == data
+    # The file and its directory, or nothing at all.
+    assert len(synced) == (2 if durable else 0)

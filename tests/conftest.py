@@ -1,0 +1,36 @@
+"""Shared fixtures: real server processes on loopback, and users on them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures.server import ServerProcess
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the session; tests isolate themselves by using their own users."""
+    srv = ServerProcess(tmp_path_factory.mktemp("server") / "data")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server of the test's own, for tests that stop, kill or restart it."""
+    srv = ServerProcess(tmp_path / "data")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def user(server: ServerProcess) -> Iterator[tuple[str, httpx.Client]]:
+    name, token = server.add_user()
+    with server.client(token) as c:
+        yield name, c
