@@ -92,6 +92,81 @@ def create_tables(conn: apsw.Connection) -> None:
         )"""
     )
 
+    # The local tree the kernel sees. `inode` is the number handed to the kernel: never reused
+    # (AUTOINCREMENT), 1 is the drive's root and 2 the virtual 'Shared with me' folder. `node_id` is the
+    # server's id, NULL until a pending op creates the node there. `parent_inode` is NULL for a node that
+    # was unlinked but is still open, looked up by the kernel or named by a pending op (kept until all
+    # three are gone). `version` is the server version the local state is based on (the base of the next
+    # commit). `access` is the caller's access ('owner', 'write', 'read'). `listed` = 1 once a folder's
+    # children were fetched from the server. `local_data` = 1 when <cache_dir>/files/<inode> holds the
+    # file's whole current content (written here, or materialised for writing); otherwise the content is
+    # the manifest's chunks. `content_gen` counts local content changes and `synced_gen` is the last one
+    # committed on the server: the file has changes to upload while content_gen > synced_gen.
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS inodes (
+            inode        INTEGER PRIMARY KEY AUTOINCREMENT,
+            node_id      INTEGER UNIQUE,
+            parent_inode INTEGER,
+            name         TEXT NOT NULL,
+            kind         TEXT NOT NULL,
+            mode         INTEGER NOT NULL,
+            size         INTEGER NOT NULL DEFAULT 0,
+            mtime_ns     INTEGER NOT NULL,
+            ctime_ns     INTEGER NOT NULL,
+            version      INTEGER NOT NULL DEFAULT 0,
+            content_hash TEXT,
+            target       TEXT,
+            owner        TEXT,
+            access       TEXT NOT NULL DEFAULT 'owner',
+            listed       INTEGER NOT NULL DEFAULT 0,
+            local_data   INTEGER NOT NULL DEFAULT 0,
+            content_gen  INTEGER NOT NULL DEFAULT 0,
+            synced_gen   INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    conn.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS inodes_name ON inodes(parent_inode, name)"
+        " WHERE parent_inode IS NOT NULL"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS inodes_dirty ON inodes(inode) WHERE content_gen > synced_gen")
+
+    # The chunk list of a file's current server version, for reads: JSON [[hash, size], ...] in file
+    # order. Replaced when the version changes; absent until first needed.
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS manifests (
+            inode   INTEGER PRIMARY KEY,
+            version INTEGER NOT NULL,
+            chunks  TEXT NOT NULL
+        )"""
+    )
+
+    # Local tree changes not yet applied on the server, replayed in `seq` order so the server passes
+    # through the same states as the local tree. `kind` is mkdir, symlink, create, rename, unlink,
+    # rmdir or setattr; `inode` the node acted on; `parent_inode`/`name` its (new) place; `other_inode`
+    # the node a rename replaced; `args` JSON extras (setattr: mode/mtime_ns). Rows of every inode an op
+    # names are kept until the op is done. File contents are not ops: they follow
+    # content_gen/synced_gen in `inodes`. `attempts` and `last_error` record failed tries.
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS ops (
+            seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind         TEXT NOT NULL,
+            inode        INTEGER NOT NULL,
+            parent_inode INTEGER,
+            name         TEXT,
+            other_inode  INTEGER,
+            args         TEXT NOT NULL DEFAULT '{}',
+            created_ns   INTEGER NOT NULL,
+            attempts     INTEGER NOT NULL DEFAULT 0,
+            last_error   TEXT
+        )"""
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS ops_inode ON ops(inode)")
+    conn.execute("CREATE INDEX IF NOT EXISTS ops_parent ON ops(parent_inode)")
+    conn.execute("CREATE INDEX IF NOT EXISTS ops_other ON ops(other_inode)")
+
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -131,6 +206,17 @@ class Index:
     def close(self) -> None:
         with self._lock:
             self.conn.close()
+
+    def sync(self) -> None:
+        """Make every commit so far durable: one commit with synchronous=FULL fsyncs the whole WAL."""
+        with self._lock:
+            self.conn.execute("PRAGMA synchronous = FULL")
+            try:
+                with self.conn:
+                    self.conn.execute("INSERT OR REPLACE INTO kv(key, value) VALUES ('synced_at', ?)",
+                                      (str(time.time()),))
+            finally:
+                self.conn.execute("PRAGMA synchronous = NORMAL")
 
     def get_kv(self, key: str, default: str | None = None) -> str | None:
         value = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).get

@@ -1,0 +1,211 @@
+"""The local tree in the index: inodes and their server ids, manifests, and the queue of pending ops."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from cache.index import Index
+
+ROOT_INODE = 1
+SHARED_INODE = 2
+SHARED_NAME = "Shared with me"
+
+_COLS = (
+    "inode", "node_id", "parent_inode", "name", "kind", "mode", "size", "mtime_ns", "ctime_ns", "version",
+    "content_hash", "target", "owner", "access", "listed", "local_data", "content_gen", "synced_gen",
+)
+_SELECT = "SELECT " + ", ".join(_COLS) + " FROM inodes"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One local node (see the `inodes` table in cache/index.py for what each field means)."""
+
+    inode: int
+    node_id: int | None
+    parent_inode: int | None
+    name: str
+    kind: str
+    mode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    version: int
+    content_hash: str | None
+    target: str | None
+    owner: str | None
+    access: str
+    listed: bool
+    local_data: bool
+    content_gen: int
+    synced_gen: int
+
+    @property
+    def dirty(self) -> bool:
+        return self.content_gen > self.synced_gen
+
+    @property
+    def writable(self) -> bool:
+        return self.access != "read"
+
+
+@dataclass(frozen=True)
+class Op:
+    """A pending change to replay on the server."""
+
+    seq: int
+    kind: str
+    inode: int
+    parent_inode: int | None
+    name: str | None
+    other_inode: int | None
+    args: dict[str, Any]
+    attempts: int
+
+
+def _entry(row: tuple) -> Entry:
+    values = list(row)
+    values[14] = bool(values[14])
+    values[15] = bool(values[15])
+    return Entry(*values)
+
+
+class Tree:
+    """Queries and updates of the local tree; every method is one short transaction."""
+
+    def __init__(self, index: Index, files_dir: Path) -> None:
+        self.index = index
+        self.conn = index.conn
+        self.files_dir = files_dir
+        files_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def get(self, inode: int) -> Entry | None:
+        row = self.conn.execute(f"{_SELECT} WHERE inode = ?", (inode,)).fetchone()
+        return _entry(row) if row else None
+
+    def by_node(self, node_id: int) -> Entry | None:
+        row = self.conn.execute(f"{_SELECT} WHERE node_id = ?", (node_id,)).fetchone()
+        return _entry(row) if row else None
+
+    def child(self, parent_inode: int, name: str) -> Entry | None:
+        row = self.conn.execute(f"{_SELECT} WHERE parent_inode = ? AND name = ?", (parent_inode, name)).fetchone()
+        return _entry(row) if row else None
+
+    def children(self, parent_inode: int, after_inode: int = 0, limit: int = 10_000) -> list[Entry]:
+        """Children in inode order, so readdir offsets (the inode) stay stable while the folder changes."""
+        return [_entry(r) for r in self.conn.execute(
+            f"{_SELECT} WHERE parent_inode = ? AND inode > ? ORDER BY inode LIMIT ?", (parent_inode, after_inode, limit))]
+
+    def has_children(self, parent_inode: int) -> bool:
+        return self.conn.execute("SELECT 1 FROM inodes WHERE parent_inode = ? LIMIT 1", (parent_inode,)).fetchone() is not None
+
+    def dirty_files(self) -> list[Entry]:
+        return [_entry(r) for r in self.conn.execute(f"{_SELECT} WHERE content_gen > synced_gen ORDER BY inode")]
+
+    def data_path(self, inode: int) -> Path:
+        """Where a file's whole local content lives while it is written or materialised."""
+        return self.files_dir / str(inode)
+
+    def manifest(self, inode: int) -> tuple[int, list[tuple[str, int]]] | None:
+        row = self.conn.execute("SELECT version, chunks FROM manifests WHERE inode = ?", (inode,)).fetchone()
+        return (row[0], [tuple(c) for c in json.loads(row[1])]) if row else None
+
+    # ---- writing -------------------------------------------------------------------------------
+
+    def ensure_roots(self, root_node_id: int | None) -> None:
+        now = time.time_ns()
+        with self.index.transaction():
+            if self.get(1) is None:
+                self.conn.execute(
+                    "INSERT INTO inodes(inode, node_id, parent_inode, name, kind, mode, mtime_ns, ctime_ns)"
+                    " VALUES (1, ?, NULL, '', 'dir', ?, ?, ?)", (root_node_id, 0o755, now, now))
+            elif root_node_id is not None:
+                self.conn.execute("UPDATE inodes SET node_id = ? WHERE inode = 1", (root_node_id,))
+            if self.get(SHARED_INODE) is None:
+                self.conn.execute(
+                    "INSERT INTO inodes(inode, node_id, parent_inode, name, kind, mode, mtime_ns, ctime_ns, access)"
+                    " VALUES (2, NULL, 1, ?, 'dir', ?, ?, ?, 'read')", (SHARED_NAME, 0o555, now, now))
+
+    def add(self, parent_inode: int, name: str, kind: str, mode: int, *, node_id: int | None = None,
+            size: int = 0, mtime_ns: int | None = None, ctime_ns: int | None = None, version: int = 0,
+            target: str | None = None, owner: str | None = None, access: str = "owner",
+            listed: bool = False, local_data: bool = False, content_hash: str | None = None) -> Entry:
+        now = time.time_ns()
+        with self.index.transaction():
+            self.conn.execute(
+                "INSERT INTO inodes(node_id, parent_inode, name, kind, mode, size, mtime_ns, ctime_ns, version,"
+                " target, owner, access, listed, local_data, content_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (node_id, parent_inode, name, kind, mode, size, mtime_ns or now, ctime_ns or now, version, target,
+                 owner, access, int(listed), int(local_data), content_hash))
+            inode = self.conn.last_insert_rowid()
+        entry = self.get(inode)
+        assert entry is not None
+        return entry
+
+    def update(self, inode: int, **changes: Any) -> Entry:
+        bad = set(changes) - {f.name for f in fields(Entry)}
+        if bad or "inode" in changes:
+            raise ValueError(f"cannot update {sorted(bad | ({'inode'} & set(changes)))}")
+        if changes:
+            sets = ", ".join(f"{k} = ?" for k in changes)
+            values = [int(v) if isinstance(v, bool) else v for v in changes.values()]
+            with self.index.transaction():
+                self.conn.execute(f"UPDATE inodes SET {sets} WHERE inode = ?", (*values, inode))
+        entry = self.get(inode)
+        assert entry is not None
+        return entry
+
+    def remove(self, inode: int) -> None:
+        with self.index.transaction():
+            self.conn.execute("DELETE FROM inodes WHERE inode = ?", (inode,))
+            self.conn.execute("DELETE FROM manifests WHERE inode = ?", (inode,))
+        self.data_path(inode).unlink(missing_ok=True)
+
+    def set_manifest(self, inode: int, version: int, chunks: list[tuple[str, int]]) -> None:
+        with self.index.transaction():
+            self.conn.execute("INSERT OR REPLACE INTO manifests(inode, version, chunks) VALUES (?, ?, ?)",
+                              (inode, version, json.dumps(chunks)))
+
+    # ---- the op queue --------------------------------------------------------------------------
+
+    def enqueue(self, kind: str, inode: int, parent_inode: int | None = None, name: str | None = None,
+                other_inode: int | None = None, **args: Any) -> None:
+        with self.index.transaction():
+            self.conn.execute(
+                "INSERT INTO ops(kind, inode, parent_inode, name, other_inode, args, created_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (kind, inode, parent_inode, name, other_inode, json.dumps(args), time.time_ns()))
+
+    def ops(self, limit: int = 100) -> Iterator[Op]:
+        for seq, kind, inode, parent, name, other, args, attempts in self.conn.execute(
+            "SELECT seq, kind, inode, parent_inode, name, other_inode, args, attempts FROM ops ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall():
+            yield Op(seq, kind, inode, parent, name, other, json.loads(args), attempts)
+
+    def op_done(self, seq: int) -> None:
+        with self.index.transaction():
+            self.conn.execute("DELETE FROM ops WHERE seq = ?", (seq,))
+
+    def op_failed(self, seq: int, error: str) -> None:
+        with self.index.transaction():
+            self.conn.execute("UPDATE ops SET attempts = attempts + 1, last_error = ? WHERE seq = ?", (error, seq))
+
+    def pending_ops(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM ops").fetchone()[0]
+
+    def named_by_ops(self, inode: int) -> bool:
+        """Whether a pending op still needs this inode's row (as subject, place or replaced node)."""
+        return self.conn.execute(
+            "SELECT 1 FROM ops WHERE inode = ? OR parent_inode = ? OR other_inode = ? LIMIT 1", (inode, inode, inode)
+        ).fetchone() is not None
+
+    def orphans(self) -> list[Entry]:
+        return [_entry(r) for r in self.conn.execute(f"{_SELECT} WHERE parent_inode IS NULL AND inode > 2")]

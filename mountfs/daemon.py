@@ -1,0 +1,248 @@
+"""The mount process: opens the cache, connects to the server, mounts, and runs the background tasks.
+
+Started by `drive mount` as `python -m mountfs.daemon CONFIG_JSON`; reports readiness on the file
+descriptor named by DRIVE_READY_FD (`ok` or `error: ...`), then serves FUSE, the write-back syncer,
+cache eviction and the control socket until unmounted.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import sys
+from collections import namedtuple
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from cache.chunkcache import ChunkCache
+from cache.index import Index
+from cache.tree import ROOT_INODE, Tree
+from remote import errors as rerr
+from remote.client import ApiClient, RetryPolicy
+from remote.transfer import Transfer
+
+from .config import MountConfig
+from .control import ControlServer
+from .fs import DriveOperations
+from .reader import Reader
+from .syncer import Syncer
+from .vfs import Vfs
+
+log = logging.getLogger("drivefs.daemon")
+
+_Chunk = namedtuple("_Chunk", "hash size")
+# Interactive calls (a read, a listing) give up quickly when the server is away; the syncer retries forever.
+INTERACTIVE_RETRY = RetryPolicy(max_total_s=8.0)
+EVICT_EVERY_S = 30.0
+
+
+class StartupError(Exception):
+    """The mount cannot start; the message is the one line `drive mount` prints."""
+
+
+class Mount:
+    """One mounted drive: owns the index, caches, clients and background tasks, and answers the control socket."""
+
+    def __init__(self, cfg: MountConfig) -> None:
+        self.cfg = cfg
+        cache_dir = Path(cfg.cache_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.index = Index(cache_dir / "index.db")
+        self.chunks = ChunkCache(cache_dir, self.index, limit=cfg.cache_limit)
+        self.tree = Tree(self.index, cache_dir / "files")
+        creds = cfg.load_credentials()
+        self.client = ApiClient(cfg.server, creds.token, device=cfg.device, retry=INTERACTIVE_RETRY)
+        self.transfer = Transfer(self.client)
+        self.reader = Reader(self.tree, self.chunks, self.client, self._fetch)
+        self.vfs = Vfs(self.tree, self.reader, self.client, self._wake, cfg.user)
+        self.syncer = Syncer(self.vfs, self.tree, self.client, self.transfer, cfg.device)
+        self.ops = DriveOperations(self.vfs)
+        self._mounted = False
+
+    def _wake(self) -> None:
+        self.syncer.wake()
+
+    async def _fetch(self, node_id: int, version: int, chunks: Sequence[tuple[str, int]]) -> None:
+        await self.transfer.download_chunks(node_id, version, [_Chunk(h, n) for h, n in chunks],
+                                            chunk_cache=self.chunks)
+
+    async def connect(self) -> None:
+        """Learn the drive's root; with the server away, start from the cached tree if there is one."""
+        root = self.tree.get(ROOT_INODE)
+        try:
+            me = await self.client.me()
+        except rerr.Unauthorized:
+            raise StartupError(f"the server refused the saved token for {self.cfg.user}: run drive login") from None
+        except rerr.TransportFailure:
+            if root is None or root.node_id is None:
+                raise StartupError(f"cannot reach {self.cfg.server} and there is no cached copy of this drive "
+                                   "to work from") from None
+            log.warning("cannot reach %s; starting offline from the cached tree", self.cfg.server)
+            self.syncer.online = False
+            return
+        if root is not None and root.node_id not in (None, me.root_id):
+            raise StartupError(f"the cache in {self.cfg.cache_dir} belongs to another drive; use another --cache-dir")
+        self.tree.ensure_roots(me.root_id)
+
+    def recover(self) -> None:
+        """After a crash: trust the local data files for sizes, forget half-written temp files."""
+        self.chunks.reconcile()
+        for part in Path(self.tree.files_dir).glob("*.part"):
+            part.unlink(missing_ok=True)
+        for e in self.tree.dirty_files():
+            path = self.tree.data_path(e.inode)
+            if e.local_data and path.exists():
+                st = path.stat()
+                self.tree.update(e.inode, size=st.st_size, mtime_ns=st.st_mtime_ns)
+            elif e.local_data:
+                log.error("local data of %r (inode %d) is missing; it cannot be uploaded", e.name, e.inode)
+        # Folders are re-listed on first use, so changes made elsewhere while unmounted show up.
+        self.index.conn.execute("UPDATE inodes SET listed = 0 WHERE kind = 'dir' AND node_id IS NOT NULL")
+
+    async def evict_loop(self) -> None:
+        while True:
+            await trio.sleep(EVICT_EVERY_S)
+            try:
+                stats = self.chunks.evict()
+                if stats.evicted_chunks:
+                    log.info("evicted %d chunks (%d bytes)", stats.evicted_chunks, stats.evicted_bytes)
+            except Exception:
+                log.exception("cache eviction failed")
+
+    # ---- control socket handler ----
+
+    async def status(self) -> dict:
+        s = self.syncer.statistics()
+        usage = self.chunks.usage()
+        local = sum(p.stat().st_size for p in Path(self.tree.files_dir).iterdir() if p.is_file())
+        return {"mountpoint": self.cfg.mountpoint, "server": self.cfg.server, "user": self.cfg.user,
+                "device": self.cfg.device, "online": s.online, "pending_ops": s.pending_ops,
+                "pending_files": s.pending_files, "pending_bytes": s.pending_bytes,
+                "cache_bytes": usage.bytes + local, "cache_limit": self.cfg.cache_limit,
+                "last_sync": s.last_sync, "last_error": s.last_error,
+                "uploading": {"name": s.uploading} if s.uploading else {}}
+
+    async def flush(self, report) -> dict:
+        return await self.syncer.flush(report)
+
+    async def unmount(self, flush: bool) -> None:
+        if flush:
+            async def ignore(_: dict) -> None:
+                return None
+            await self.syncer.flush(ignore)
+        pyfuse3.terminate()
+
+    # ---- running ----
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        await self.connect()
+        self.recover()
+        options = set(pyfuse3.default_options) | {"fsname=drivefs", "subtype=drivefs"}
+        if self.cfg.allow_other:
+            options.add("allow_other")
+        try:
+            pyfuse3.init(self.ops, self.cfg.mountpoint, options)
+        except RuntimeError as e:
+            raise StartupError(f"cannot mount {self.cfg.mountpoint}: {e}") from None
+        self._mounted = True
+        try:
+            async with trio.open_nursery() as nursery:
+                self.reader.nursery = nursery
+                await nursery.start(self.syncer.run)
+                await nursery.start(ControlServer(self.cfg.control_socket, self).serve)
+                nursery.start_soon(self.evict_loop)
+                nursery.start_soon(self._signals)
+                ready()
+                log.info("mounted %s for %s at %s", self.cfg.mountpoint, self.cfg.user, self.cfg.server)
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.close()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                log.info("signal received: unmounting (pending changes stay queued for the next mount)")
+                pyfuse3.terminate()
+                return
+
+    def close(self) -> None:
+        if self._mounted:
+            self._mounted = False
+            try:
+                pyfuse3.close(unmount=True)
+            except Exception:
+                log.exception("unmounting failed")
+        try:
+            self.chunks.close()
+        finally:
+            self.index.close()
+
+
+def _setup_logging(cfg: MountConfig, to_stderr: bool) -> None:
+    handlers: list[logging.Handler] = [logging.FileHandler(cfg.log_path)]
+    if to_stderr:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+async def _main(cfg: MountConfig, ready: Callable[[], None]) -> None:
+    mount = Mount(cfg)
+    try:
+        await mount.run(ready)
+    except BaseException:
+        mount.close()
+        raise
+    finally:
+        await mount.client.aclose()
+
+
+def run(cfg: MountConfig, ready: Callable[[], None], fail: Callable[[str], None]) -> int:
+    """Run a mount until it is unmounted; `ready`/`fail` report the outcome of starting."""
+    try:
+        trio.run(_main, cfg, ready)
+    except StartupError as e:
+        log.error("%s", e)
+        fail(str(e))
+        return 1
+    except Exception as e:
+        log.exception("the mount failed")
+        fail(f"the mount failed: {e}")
+        return 1
+    return 0
+
+
+def run_foreground(cfg: MountConfig) -> int:
+    """`drive mount --foreground`: log to the terminal too, and run until unmounted or interrupted."""
+    _setup_logging(cfg, to_stderr=True)
+    return run(cfg, lambda: print(f"mounted {cfg.mountpoint} (log: {cfg.log_path}); Ctrl-C unmounts", flush=True),
+               lambda msg: print(f"drive: {msg}", file=sys.stderr))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = MountConfig.load(argv[0])
+    _setup_logging(cfg, to_stderr=False)
+    fd = int(os.environ.pop("DRIVE_READY_FD", "-1"))
+
+    def say(line: str) -> None:
+        if fd >= 0:
+            try:
+                os.write(fd, (line + "\n").encode())
+                os.close(fd)
+            except OSError as e:
+                if e.errno != errno.EBADF:
+                    raise
+
+    return run(cfg, lambda: say("ok"), lambda msg: say(f"error: {msg}"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

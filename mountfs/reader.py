@@ -1,0 +1,147 @@
+"""Reads of files whose content is on the server: only the chunks a read touches, plus read-ahead."""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import trio
+from cachetools import LRUCache
+
+from cache.chunkcache import ChunkCache
+from cache.tree import Entry, Tree
+from remote import errors as rerr
+
+from .errors import FsError
+
+log = logging.getLogger("drivefs.reader")
+
+# fetch(node_id, version, chunks) downloads and verifies those (hash, size) chunks into the chunk cache.
+Fetch = Callable[[int, int, Sequence[tuple[str, int]]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A version's chunks with their start offsets, for finding the chunks under a byte range."""
+
+    version: int
+    starts: list[int]
+    hashes: list[str]
+    sizes: list[int]
+
+    @classmethod
+    def of(cls, version: int, chunks: Sequence[tuple[str, int]]) -> "Layout":
+        starts, pos = [], 0
+        for _, size in chunks:
+            starts.append(pos)
+            pos += size
+        return cls(version, starts, [h for h, _ in chunks], [s for _, s in chunks])
+
+    def span(self, offset: int, length: int) -> range:
+        """Indices of the chunks overlapping [offset, offset + length)."""
+        if not self.starts or length <= 0:
+            return range(0)
+        first = max(bisect.bisect_right(self.starts, offset) - 1, 0)
+        last = bisect.bisect_left(self.starts, offset + length)
+        return range(first, last)
+
+
+class Reader:
+    """Serves byte ranges of clean files from the chunk cache, fetching missing chunks on demand."""
+
+    def __init__(self, tree: Tree, chunks: ChunkCache, remote, fetch: Fetch, readahead_chunks: int = 8) -> None:
+        self.tree = tree
+        self.chunks = chunks
+        self.remote = remote
+        self.fetch = fetch
+        self.readahead_chunks = readahead_chunks
+        self.nursery: trio.Nursery | None = None
+        self._layouts: LRUCache[int, Layout] = LRUCache(maxsize=512)
+        self._inflight: dict[str, trio.Event] = {}
+
+    async def layout(self, e: Entry) -> Layout:
+        cached = self._layouts.get(e.inode)
+        if cached is not None and cached.version == e.version:
+            return cached
+        stored = self.tree.manifest(e.inode)
+        if stored is None or stored[0] != e.version:
+            if e.node_id is None:
+                raise FsError(errno.EIO, f"{e.name!r} has no server copy to read")
+            try:
+                detail = await self.remote.version_detail(e.node_id, e.version)
+            except rerr.RemoteError as exc:
+                raise FsError(exc.errno if isinstance(exc, rerr.NotFound) else errno.EIO,
+                              f"cannot fetch the chunk list of {e.name!r}: {exc}") from None
+            stored = (e.version, [(c.hash, c.size) for c in detail.manifest])
+            self.tree.set_manifest(e.inode, *stored)
+        layout = Layout.of(*stored)
+        self._layouts[e.inode] = layout
+        return layout
+
+    async def read(self, e: Entry, offset: int, size: int, sequential: bool = False) -> bytes:
+        if offset >= e.size or size <= 0:
+            return b""
+        size = min(size, e.size - offset)
+        layout = await self.layout(e)
+        span = layout.span(offset, size)
+        await self._ensure(e, layout, [i for i in span])
+        out = bytearray()
+        for i in span:
+            start = max(offset, layout.starts[i]) - layout.starts[i]
+            end = min(offset + size, layout.starts[i] + layout.sizes[i]) - layout.starts[i]
+            part = self.chunks.read_range(layout.hashes[i], start, end - start)
+            if part is None:  # evicted or found corrupt since _ensure: fetch once more
+                await self._ensure(e, layout, [i])
+                part = self.chunks.read_range(layout.hashes[i], start, end - start)
+                if part is None:
+                    raise FsError(errno.EIO, f"chunk {layout.hashes[i][:12]} of {e.name!r} cannot be read")
+            out += part
+        if sequential and self.nursery is not None and span:
+            ahead = range(span[-1] + 1, min(span[-1] + 1 + self.readahead_chunks, len(layout.hashes)))
+            wanted = list({layout.hashes[i]: layout.sizes[i] for i in ahead if self._absent(layout.hashes[i])}.items())
+            if wanted:
+                for h, _ in wanted:
+                    self._inflight[h] = trio.Event()
+                self.nursery.start_soon(self._prefetch, e, layout.version, wanted)
+        return bytes(out)
+
+    def _absent(self, h: str) -> bool:
+        return h not in self._inflight and h not in self.chunks
+
+    async def _prefetch(self, e: Entry, version: int, chunks: list[tuple[str, int]]) -> None:
+        try:
+            assert e.node_id is not None
+            await self.fetch(e.node_id, version, chunks)
+        except Exception as exc:  # read-ahead is best effort; the real read reports errors
+            log.debug("read-ahead of %r failed: %s", e.name, exc)
+        finally:
+            for h, _ in chunks:
+                ev = self._inflight.pop(h, None)
+                if ev is not None:
+                    ev.set()
+
+    async def _ensure(self, e: Entry, layout: Layout, indices: list[int]) -> None:
+        """Make sure these chunks are in the cache, sharing fetches already under way."""
+        chunks = {layout.hashes[i]: layout.sizes[i] for i in indices}
+        waits = [self._inflight[h] for h in chunks if h in self._inflight]
+        mine = [(h, n) for h, n in chunks.items() if h not in self._inflight and h not in self.chunks]
+        for h, _ in mine:
+            self._inflight[h] = trio.Event()
+        try:
+            if mine:
+                if e.node_id is None:
+                    raise FsError(errno.EIO, f"{e.name!r} has no server copy to read")
+                try:
+                    await self.fetch(e.node_id, layout.version, mine)
+                except rerr.RemoteError as exc:
+                    raise FsError(errno.EIO, f"cannot fetch data of {e.name!r}: {exc}") from None
+        finally:
+            for h, _ in mine:
+                ev = self._inflight.pop(h, None)
+                if ev is not None:
+                    ev.set()
+        for ev in waits:
+            await ev.wait()

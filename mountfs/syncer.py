@@ -1,0 +1,302 @@
+"""Write-back: replays queued tree ops on the server in order, then commits changed file contents.
+
+Invariants: an op is deleted only after the server applied it (or refused it for good, which is
+logged); a file stays dirty (content_gen > synced_gen) until a commit of at least that generation
+succeeded; a file's content is committed only once its create op went through. Nothing local is
+discarded: a commit the server refuses as stale becomes a conflicted copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import PurePosixPath
+from typing import Any
+
+import trio
+
+from cache.tree import Entry, Op, Tree
+from remote import errors as rerr
+
+log = logging.getLogger("drivefs.syncer")
+
+Report = Callable[[dict], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class SyncStatistics:
+    """What `drive status` shows of the write-back."""
+
+    online: bool
+    pending_ops: int
+    pending_files: int
+    pending_bytes: int
+    last_sync: float | None
+    last_error: str | None
+    uploading: str | None
+
+
+def conflict_name(name: str, device: str, day: date, n: int = 1) -> str:
+    """'report (conflicted copy from laptop 2026-11-21).txt' — the extension stays last."""
+    p = PurePosixPath(name)
+    stem, ext = (p.stem, p.suffix) if p.suffix and p.stem else (name, "")
+    extra = f" {n}" if n > 1 else ""
+    return f"{stem} (conflicted copy from {device} {day.isoformat()}{extra}){ext}"
+
+
+class Syncer:
+    """Pushes local changes to the server in the background."""
+
+    def __init__(self, vfs: Any, tree: Tree, remote: Any, transfer: Any, device: str,
+                 debounce_s: float = 0.3, retry_max_s: float = 30.0) -> None:
+        self.vfs = vfs
+        self.tree = tree
+        self.remote = remote
+        self.transfer = transfer
+        self.device = device
+        self.debounce_s = debounce_s
+        self.retry_max_s = retry_max_s
+        self.online = True
+        self.last_sync: float | None = None
+        self.last_error: str | None = None
+        self.uploading: str | None = None
+        self._wakeup = trio.Event()
+        self._force = 0
+        self._progress = trio.Event()
+        self._bytes_done = 0
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def statistics(self) -> SyncStatistics:
+        dirty = [e for e in self.tree.dirty_files() if e.parent_inode is not None]
+        return SyncStatistics(self.online, self.tree.pending_ops(), len(dirty),
+                              sum(self.vfs.attr(e).size for e in dirty), self.last_sync, self.last_error,
+                              self.uploading)
+
+    def _pending(self) -> bool:
+        return self.tree.pending_ops() > 0 or any(e.parent_inode is not None for e in self.tree.dirty_files())
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        failures = 0
+        while True:
+            if self._force and self._pending():
+                await trio.lowlevel.checkpoint()  # a flush is waiting: no debounce, but let others run
+            else:
+                with trio.move_on_after(5.0 if self._pending() else 60.0):
+                    await self._wakeup.wait()
+                if not self._force:
+                    await trio.sleep(self.debounce_s)  # let rapid rewrites coalesce
+            self._wakeup = trio.Event()
+            try:
+                await self.sync_once(force=self._force > 0)
+                failures = 0
+                self.online = True
+            except rerr.TransportFailure as e:
+                failures += 1
+                self.online = False
+                self._note_error(f"cannot reach the server: {e}")
+                await trio.sleep(min(self.retry_max_s, 0.5 * 2 ** min(failures, 6)))
+            finally:
+                self._progress.set()
+                self._progress = trio.Event()
+
+    def _note_error(self, message: str) -> None:
+        if message != self.last_error:
+            log.warning("%s", message)
+        self.last_error = message
+
+    async def sync_once(self, force: bool = False) -> None:
+        """One pass: every queued op, then every file whose content is ready to commit."""
+        await self.replay_ops()
+        for e in self.tree.dirty_files():
+            if e.parent_inode is None or e.node_id is None:
+                continue
+            if self.vfs.is_being_written(e.inode) and not force:
+                continue
+            await self.upload_content(e)
+        self.last_sync = time.time()
+        if not self._pending():
+            self.last_error = None
+
+    async def flush(self, report: Report) -> dict:
+        """Block until every local change is committed; report progress as bytes and files go up."""
+        start = self.statistics()
+        total_bytes, total_files = start.pending_bytes, start.pending_files + start.pending_ops
+        self._force += 1
+        try:
+            while self._pending():
+                self.wake()
+                progress = self._progress
+                await progress.wait()
+                now = self.statistics()
+                await report({"done_bytes": max(total_bytes - now.pending_bytes, 0), "total_bytes": total_bytes,
+                              "done_files": max(total_files - now.pending_files - now.pending_ops, 0),
+                              "total_files": total_files})
+                if not self.online:
+                    return {"ok": False, "error": f"{now.pending_files + now.pending_ops} changes still pending: "
+                                                  f"{self.last_error}"}
+        finally:
+            self._force -= 1
+        await report({"done_bytes": total_bytes, "total_bytes": total_bytes, "done_files": total_files,
+                      "total_files": total_files})
+        return {"ok": True, "error": None}
+
+    # ---- tree ops ------------------------------------------------------------------------------
+
+    async def replay_ops(self) -> None:
+        while True:
+            batch = list(self.tree.ops(limit=100))
+            if not batch:
+                return
+            for op in batch:
+                try:
+                    await self._apply(op)
+                except rerr.TransportFailure:
+                    raise
+                except rerr.RemoteError as e:
+                    # The server refused for good (e.g. the folder was deleted elsewhere): record and move on.
+                    self._note_error(f"{op.kind} of {op.name!r} was refused by the server: {e}")
+                    self.tree.op_failed(op.seq, str(e))
+                self.tree.op_done(op.seq)
+                for inode in (op.inode, op.parent_inode, op.other_inode):
+                    if inode is not None:
+                        self.vfs.collect(inode)
+
+    def _node_id(self, inode: int | None) -> int | None:
+        e = self.tree.get(inode) if inode is not None else None
+        return e.node_id if e else None
+
+    async def _apply(self, op: Op) -> None:
+        e = self.tree.get(op.inode)
+        if e is None:
+            return
+        if op.kind in ("mkdir", "symlink", "create"):
+            parent_id = self._node_id(op.parent_inode)
+            if parent_id is None:
+                raise rerr.NotFound(f"the folder of {op.name!r} does not exist on the server")
+            if e.node_id is not None:
+                return  # already created (a retry after the response was lost and adopted)
+            await getattr(self, f"_create_{op.kind}")(e, op, parent_id)
+        elif op.kind == "rename":
+            await self._rename(e, op)
+        elif op.kind in ("unlink", "rmdir"):
+            if e.node_id is not None:
+                try:
+                    await self.remote.delete(e.node_id, require_empty=op.kind == "rmdir")
+                except rerr.NotFound:
+                    pass
+        elif op.kind == "setattr":
+            if e.node_id is not None:
+                await self.remote.set_attr(e.node_id, mode=op.args.get("mode"), mtime_ns=op.args.get("mtime_ns"))
+
+    async def _create_mkdir(self, e: Entry, op: Op, parent_id: int) -> None:
+        try:
+            node = await self.remote.create_folder(parent_id, op.name, mode=e.mode, mtime_ns=e.mtime_ns)
+        except rerr.Exists as exc:
+            if exc.details.get("kind") != "dir":
+                raise
+            node = await self.remote.get_node(exc.details["node_id"])  # merge with the folder already there
+        self.tree.update(e.inode, node_id=node.id, owner=node.owner, access=node.access)
+
+    async def _create_symlink(self, e: Entry, op: Op, parent_id: int) -> None:
+        node = await self.remote.create_symlink(parent_id, op.name, e.target or "", mtime_ns=e.mtime_ns)
+        self.tree.update(e.inode, node_id=node.id, owner=node.owner, access=node.access)
+
+    async def _create_create(self, e: Entry, op: Op, parent_id: int) -> None:
+        name = op.name
+        assert name is not None
+        for n in range(1, 100):
+            try:
+                if self.vfs.is_being_written(e.inode):
+                    node = await self.remote.commit_file([], 0, parent_id=parent_id, name=name, mode=e.mode,
+                                                         mtime_ns=e.mtime_ns)
+                    self.tree.update(e.inode, node_id=node.id, version=node.version, owner=node.owner,
+                                     access=node.access)
+                else:
+                    await self._commit_content(e, parent_id=parent_id, name=name)
+                break
+            except rerr.Exists:
+                # Another device created the same name meanwhile: ours becomes a conflicted copy.
+                name = conflict_name(op.name, self.device, date.today(), n)
+                log.warning("%r already exists on the server; keeping the local file as %r", op.name, name)
+                self.tree.update(e.inode, name=name)
+
+    async def _rename(self, e: Entry, op: Op) -> None:
+        parent_id = self._node_id(op.parent_inode)
+        if e.node_id is None or parent_id is None:
+            raise rerr.NotFound(f"{e.name!r} or its new folder is not on the server")
+        target = self.tree.get(op.other_inode) if op.other_inode is not None else None
+        if e.kind == "file" and e.dirty and target is not None and target.node_id is not None:
+            await self.upload_content(self.tree.get(e.inode) or e)  # the save-over must carry the new bytes
+        node = await self.remote.move(e.node_id, parent_id, op.name, replace=True)
+        if node.id != e.node_id:
+            # Saved over an existing file: the server kept the target's id, shares and history.
+            with self.tree.index.transaction():
+                if target is not None:
+                    self.tree.update(target.inode, node_id=None)
+                self.tree.update(e.inode, node_id=node.id, version=node.version, content_hash=node.content_hash,
+                                 owner=node.owner, access=node.access)
+
+    # ---- file contents -------------------------------------------------------------------------
+
+    async def upload_content(self, e: Entry) -> None:
+        if e.node_id is None or not e.local_data:
+            return
+        try:
+            await self._commit_content(e, node_id=e.node_id, base_version=e.version)
+        except rerr.VersionConflict:
+            await self._save_conflicted_copy(e)
+
+    async def _commit_content(self, e: Entry, **target: Any) -> None:
+        gen = self.vfs.live_gen(e.inode)
+        path = self.tree.data_path(e.inode)
+        mtime_ns = os.stat(path).st_mtime_ns
+        self.uploading = e.name
+        try:
+            node = await self.transfer.upload_file(
+                path, mode=e.mode, mtime_ns=mtime_ns, index=self.tree.index, upload_key=f"inode:{e.inode}",
+                **target)
+        finally:
+            self.uploading = None
+        with self.tree.index.transaction():
+            cur = self.tree.get(e.inode)
+            if cur is None:
+                return
+            self.tree.update(e.inode, node_id=node.id, version=node.version, size=node.size,
+                             content_hash=node.content_hash, owner=node.owner, access=node.access,
+                             synced_gen=gen, content_gen=max(cur.content_gen, gen))
+        log.info("committed %r as version %d (%d bytes)", e.name, node.version, node.size)
+
+    async def _save_conflicted_copy(self, e: Entry) -> None:
+        """The server moved past our base: keep ours beside it as a conflicted copy, take theirs."""
+        if self.vfs.has_handles(e.inode) or e.parent_inode is None:
+            return  # retried once the file is closed
+        parent = self.tree.get(e.parent_inode)
+        assert parent is not None and parent.node_id is not None
+        for n in range(1, 100):
+            name = conflict_name(e.name, self.device, date.today(), n)
+            if self.tree.child(parent.inode, name) is None:
+                break
+        assert e.node_id is not None
+        server = await self.remote.get_node(e.node_id)
+        with self.tree.index.transaction():
+            copy = self.tree.add(parent.inode, name, "file", e.mode, owner=e.owner, access=e.access,
+                                 local_data=True)
+            os.replace(self.tree.data_path(e.inode), self.tree.data_path(copy.inode))
+            self.tree.update(copy.inode, content_gen=1)
+            self.tree.enqueue("create", copy.inode, parent.inode, name)
+            self.tree.update(e.inode, local_data=False, version=server.version, size=server.size,
+                             mtime_ns=server.mtime_ns, content_hash=server.content_hash,
+                             synced_gen=e.content_gen)
+        self.vfs.live.gen[e.inode] = e.content_gen
+        self.vfs.live.gen[copy.inode] = 1
+        log.warning("%r changed on the server too; kept this device's version as %r", e.name, name)
+        self.vfs.invalidate(e.inode, parent.inode, name)

@@ -1,0 +1,588 @@
+"""The filesystem's logic, without FUSE: lookups, listings, creates, renames, reads and write-back.
+
+Operations (mountfs/fs.py) calls these methods and maps FsError to errno. Everything here runs on the
+trio thread that serves FUSE; the index is only touched from that thread. Local changes are applied to
+the index at once and queued as ops (or dirty content) for the syncer, so the mount never waits for the
+network to change the tree.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import trio
+
+from cache.tree import ROOT_INODE, SHARED_INODE, SHARED_NAME, Entry, Tree
+from remote import errors as rerr
+
+from .errors import FsError
+
+log = logging.getLogger("drivefs.vfs")
+
+MAX_NAME_BYTES = 255
+LIST_PAGE = 1000
+
+
+@dataclass
+class Handle:
+    """One open file: its inode, whether it may write, and its fd on the local data file if any."""
+
+    fh: int
+    inode: int
+    writable: bool
+    fd: int | None = None
+    last_end: int = -1
+    wrote: bool = False
+
+
+@dataclass(frozen=True)
+class Attr:
+    """What getattr reports: the entry plus live size/mtime of a file being written."""
+
+    entry: Entry
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class LiveState:
+    """Per-inode state that only lives while mounted."""
+
+    lookups: Counter = field(default_factory=Counter)
+    opens: Counter = field(default_factory=Counter)
+    writers: Counter = field(default_factory=Counter)
+    gen: dict[int, int] = field(default_factory=dict)
+    fsync_requested: set[int] = field(default_factory=set)
+    remote_gen: Counter = field(default_factory=Counter)
+    opened_at_gen: dict[int, int] = field(default_factory=dict)
+
+
+def check_name(raw: bytes) -> str:
+    """Decode a name from the kernel; the server stores UTF-8 names of at most 255 bytes."""
+    if len(raw) > MAX_NAME_BYTES:
+        raise FsError(errno.ENAMETOOLONG, "name longer than 255 bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FsError(errno.EINVAL, "names must be valid UTF-8") from None
+
+
+class Vfs:
+    """The mounted drive's tree and file contents, as the kernel sees them."""
+
+    def __init__(self, tree: Tree, reader: Any, remote: Any, wake_syncer: Callable[[], None], user: str) -> None:
+        self.tree = tree
+        self.reader = reader
+        self.remote = remote
+        self.wake_syncer = wake_syncer
+        self.user = user
+        self.live = LiveState()
+        self._handles: dict[int, Handle] = {}
+        self._next_fh = 1
+        self._listing_locks: dict[int, trio.Lock] = {}
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+
+    # ---- entries and attributes ----------------------------------------------------------------
+
+    def entry(self, inode: int) -> Entry:
+        e = self.tree.get(inode)
+        if e is None:
+            raise FsError(errno.ENOENT, f"inode {inode} is unknown")
+        return e
+
+    def attr(self, entry: Entry) -> Attr:
+        if entry.local_data:
+            try:
+                st = os.stat(self.tree.data_path(entry.inode))
+                return Attr(entry, st.st_size, st.st_mtime_ns)
+            except FileNotFoundError:
+                log.error("local data of inode %d is missing", entry.inode)
+        return Attr(entry, entry.size, entry.mtime_ns)
+
+    def getattr(self, inode: int) -> Attr:
+        return self.attr(self.entry(inode))
+
+    def keep_cache(self, inode: int) -> bool:
+        """Let the kernel keep a file's pages if no other device changed it since it was last opened."""
+        now = self.live.remote_gen[inode]
+        keep = self.live.opened_at_gen.get(inode) == now
+        self.live.opened_at_gen[inode] = now
+        return keep
+
+    def invalidate(self, inode: int, parent_inode: int | None = None, name: str | None = None) -> None:
+        """Tell the kernel an inode (and a name in a folder) changed; replaced by the daemon."""
+
+    def live_gen(self, inode: int) -> int:
+        g = self.live.gen.get(inode)
+        if g is None:
+            g = self.live.gen[inode] = self.entry(inode).content_gen
+        return g
+
+    def is_being_written(self, inode: int) -> bool:
+        return self.live.writers[inode] > 0 and inode not in self.live.fsync_requested
+
+    def has_handles(self, inode: int) -> bool:
+        return self.live.opens[inode] > 0
+
+    # ---- lookups and listings ----------------------------------------------------------------
+
+    async def lookup(self, parent_inode: int, raw: bytes) -> Entry:
+        name = raw.decode("utf-8", "surrogateescape")
+        parent = self._dir(parent_inode)
+        await self.ensure_listed(parent)
+        child = self.tree.child(parent.inode, name)
+        if child is None:
+            raise FsError(errno.ENOENT)
+        self.live.lookups[child.inode] += 1
+        return child
+
+    def _dir(self, inode: int) -> Entry:
+        e = self.entry(inode)
+        if e.kind != "dir":
+            raise FsError(errno.ENOTDIR)
+        return e
+
+    async def ensure_listed(self, folder: Entry) -> None:
+        """Fetch a folder's children from the server the first time it is used."""
+        if folder.listed or (folder.node_id is None and folder.inode != SHARED_INODE):
+            return
+        lock = self._listing_locks.setdefault(folder.inode, trio.Lock())
+        async with lock:
+            if self.entry(folder.inode).listed:
+                return
+            try:
+                if folder.inode == SHARED_INODE:
+                    await self._list_shared()
+                else:
+                    await self._list_folder(folder)
+            except rerr.TransportFailure as e:
+                raise FsError(errno.EIO, f"cannot list {folder.name!r}: server unreachable ({e})") from None
+            except rerr.NotFound:
+                raise FsError(errno.ENOENT, f"{folder.name!r} is gone on the server") from None
+
+    async def _list_folder(self, folder: Entry) -> None:
+        assert folder.node_id is not None
+        remote_nodes = []
+        cursor = None
+        while True:
+            page = await self.remote.list_children(folder.node_id, cursor=cursor, limit=LIST_PAGE)
+            remote_nodes.extend(page.entries)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        seen = {node.id for node in remote_nodes}
+        with self.tree.index.transaction():
+            for child in self.tree.children(folder.inode):
+                if child.node_id is not None and child.node_id not in seen and not child.dirty \
+                        and not self.tree.named_by_ops(child.inode):
+                    self.forget_local(child)  # deleted or moved away on another device
+            for node in remote_nodes:
+                self.merge_remote(folder.inode, node)
+            self.tree.update(folder.inode, listed=True)
+
+    async def _list_shared(self) -> None:
+        items = await self.remote.shared_with_me()
+        taken: set[str] = set()
+        with self.tree.index.transaction():
+            for item in items:
+                node = item.node
+                name = node.name if node.name not in taken else f"{node.name} (from {node.owner})"
+                taken.add(name)
+                self.merge_remote(SHARED_INODE, node, name=name)
+
+    def merge_remote(self, parent_inode: int, node: Any, name: str | None = None) -> Entry | None:
+        """Record a node the server reported under `parent_inode`; local unsynced changes win."""
+        name = name or node.name
+        existing = self.tree.by_node(node.id)
+        if existing is not None:
+            if existing.dirty or self.tree.named_by_ops(existing.inode):
+                return existing
+            changes: dict[str, Any] = dict(mode=node.mode, mtime_ns=node.mtime_ns, ctime_ns=node.ctime_ns,
+                                           target=node.target, access=node.access, owner=node.owner)
+            if existing.version != node.version or existing.size != node.size:
+                changes.update(size=node.size, version=node.version, content_hash=node.content_hash)
+                self.live.remote_gen[existing.inode] += 1
+            return self.tree.update(existing.inode, **changes)
+        clash = self.tree.child(parent_inode, name)
+        if clash is not None:
+            log.warning("server has %r in folder inode %d while a local, unsynced one exists; keeping local",
+                        name, parent_inode)
+            return None
+        return self.tree.add(parent_inode, name, node.kind, node.mode, node_id=node.id, size=node.size,
+                             mtime_ns=node.mtime_ns, ctime_ns=node.ctime_ns, version=node.version,
+                             target=node.target, owner=node.owner, access=node.access,
+                             content_hash=node.content_hash)
+
+    async def readdir(self, inode: int, after: int) -> list[Entry]:
+        folder = self._dir(inode)
+        if inode == SHARED_INODE and after == 0:
+            self.tree.update(SHARED_INODE, listed=False)
+        await self.ensure_listed(self.entry(inode))
+        return self.tree.children(inode, after)
+
+    def forget(self, inode: int, n: int) -> None:
+        self.live.lookups[inode] -= n
+        if self.live.lookups[inode] <= 0:
+            del self.live.lookups[inode]
+            self.collect(inode)
+
+    def forget_local(self, e: Entry) -> None:
+        """Drop a node that no longer exists on the server from the local tree (its subtree too)."""
+        for child in self.tree.children(e.inode):
+            if child.dirty or self.tree.named_by_ops(child.inode):
+                continue
+            self.forget_local(child)
+        self.tree.update(e.inode, parent_inode=None, node_id=None)
+        self.collect(e.inode)
+
+    def collect(self, inode: int) -> None:
+        """Drop an unlinked node once nothing references it any more."""
+        e = self.tree.get(inode)
+        if e is None or e.parent_inode is not None or inode in (ROOT_INODE, SHARED_INODE):
+            return
+        if self.live.lookups[inode] > 0 or self.live.opens[inode] > 0 or self.tree.named_by_ops(inode):
+            return
+        self.tree.remove(inode)
+        self.live.gen.pop(inode, None)
+
+    # ---- changing the tree ---------------------------------------------------------------------
+
+    def _writable_dir(self, inode: int) -> Entry:
+        d = self._dir(inode)
+        if inode == SHARED_INODE:
+            raise FsError(errno.EACCES, "'Shared with me' only holds what others share")
+        if not d.writable:
+            raise FsError(errno.EACCES, f"{d.name!r} is shared with you read-only")
+        return d
+
+    async def _new_name(self, parent: Entry, raw: bytes) -> str:
+        name = check_name(raw)
+        await self.ensure_listed(parent)
+        if parent.inode == ROOT_INODE and name == SHARED_NAME:
+            raise FsError(errno.EEXIST)
+        if self.tree.child(parent.inode, name) is not None:
+            raise FsError(errno.EEXIST)
+        return name
+
+    async def mkdir(self, parent_inode: int, raw: bytes, mode: int) -> Entry:
+        parent = self._writable_dir(parent_inode)
+        name = await self._new_name(parent, raw)
+        with self.tree.index.transaction():
+            e = self.tree.add(parent.inode, name, "dir", mode & 0o7777, owner=parent.owner or self.user,
+                              access=parent.access if parent.inode != ROOT_INODE else "owner", listed=True)
+            self.tree.enqueue("mkdir", e.inode, parent.inode, name)
+        self.live.lookups[e.inode] += 1
+        self.wake_syncer()
+        return e
+
+    async def symlink(self, parent_inode: int, raw: bytes, target: bytes) -> Entry:
+        parent = self._writable_dir(parent_inode)
+        name = await self._new_name(parent, raw)
+        try:
+            text = target.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FsError(errno.EINVAL, "symlink targets must be valid UTF-8") from None
+        with self.tree.index.transaction():
+            e = self.tree.add(parent.inode, name, "symlink", 0o777, size=len(target), target=text,
+                              owner=parent.owner or self.user, access=self._child_access(parent))
+            self.tree.enqueue("symlink", e.inode, parent.inode, name)
+        self.live.lookups[e.inode] += 1
+        self.wake_syncer()
+        return e
+
+    def _child_access(self, parent: Entry) -> str:
+        return "owner" if parent.inode == ROOT_INODE else parent.access
+
+    async def create(self, parent_inode: int, raw: bytes, mode: int, flags: int) -> tuple[Handle, Entry]:
+        parent = self._writable_dir(parent_inode)
+        name = await self._new_name(parent, raw)
+        with self.tree.index.transaction():
+            e = self.tree.add(parent.inode, name, "file", mode & 0o7777, owner=parent.owner or self.user,
+                              access=self._child_access(parent), local_data=True)
+            self.tree.data_path(e.inode).touch()
+            e = self.tree.update(e.inode, content_gen=1)
+            self.tree.enqueue("create", e.inode, parent.inode, name)
+        self.live.gen[e.inode] = 1
+        self.live.lookups[e.inode] += 1
+        handle = self._open_handle(e, writable=True)
+        self.wake_syncer()
+        return handle, e
+
+    async def unlink(self, parent_inode: int, raw: bytes) -> None:
+        parent = self._writable_dir(parent_inode)
+        name = raw.decode("utf-8", "surrogateescape")
+        await self.ensure_listed(parent)
+        e = self.tree.child(parent.inode, name)
+        if e is None:
+            raise FsError(errno.ENOENT)
+        if e.kind == "dir":
+            raise FsError(errno.EISDIR)
+        self._detach(e, "unlink")
+
+    async def rmdir(self, parent_inode: int, raw: bytes) -> None:
+        parent = self._writable_dir(parent_inode)
+        name = raw.decode("utf-8", "surrogateescape")
+        await self.ensure_listed(parent)
+        e = self.tree.child(parent.inode, name)
+        if e is None:
+            raise FsError(errno.ENOENT)
+        if e.kind != "dir":
+            raise FsError(errno.ENOTDIR)
+        await self.ensure_listed(e)
+        if self.tree.has_children(e.inode):
+            raise FsError(errno.ENOTEMPTY)
+        self._detach(e, "rmdir")
+
+    def _detach(self, e: Entry, op: str) -> None:
+        with self.tree.index.transaction():
+            self.tree.update(e.inode, parent_inode=None)
+            self.tree.enqueue(op, e.inode, None, e.name)
+        self.wake_syncer()
+
+    async def rename(self, old_parent: int, old_raw: bytes, new_parent: int, new_raw: bytes, flags: int) -> None:
+        RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+        if flags & RENAME_EXCHANGE:
+            raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        src_dir = self._writable_dir(old_parent)
+        dst_dir = self._writable_dir(new_parent)
+        old_name = old_raw.decode("utf-8", "surrogateescape")
+        await self.ensure_listed(src_dir)
+        src = self.tree.child(src_dir.inode, old_name)
+        if src is None:
+            raise FsError(errno.ENOENT)
+        new_name = check_name(new_raw)
+        await self.ensure_listed(dst_dir)
+        if (src.owner or self.user) != (dst_dir.owner or self.user):
+            raise FsError(errno.EXDEV, "moving between two owners' drives copies instead")
+        if dst_dir.inode == ROOT_INODE and new_name == SHARED_NAME:
+            raise FsError(errno.EACCES, f"'{SHARED_NAME}' is reserved")
+        if src.kind == "dir" and self._is_ancestor(src.inode, dst_dir.inode):
+            raise FsError(errno.EINVAL, "cannot move a folder into itself")
+        target = self.tree.child(dst_dir.inode, new_name)
+        if target is not None and target.inode == src.inode:
+            return
+        if target is not None:
+            if flags & RENAME_NOREPLACE:
+                raise FsError(errno.EEXIST)
+            await self._check_replace(src, target)
+        with self.tree.index.transaction():
+            if target is not None:
+                self.tree.update(target.inode, parent_inode=None)
+            self.tree.update(src.inode, parent_inode=dst_dir.inode, name=new_name)
+            self.tree.enqueue("rename", src.inode, dst_dir.inode, new_name,
+                              other_inode=target.inode if target else None)
+        if target is not None:
+            self.collect(target.inode)
+        self.wake_syncer()
+
+    async def _check_replace(self, src: Entry, target: Entry) -> None:
+        if src.kind == "dir":
+            if target.kind != "dir":
+                raise FsError(errno.ENOTDIR)
+            await self.ensure_listed(target)
+            if self.tree.has_children(target.inode):
+                raise FsError(errno.ENOTEMPTY)
+        elif target.kind == "dir":
+            raise FsError(errno.EISDIR)
+
+    def _is_ancestor(self, ancestor: int, inode: int) -> bool:
+        cur: int | None = inode
+        while cur is not None:
+            if cur == ancestor:
+                return True
+            e = self.tree.get(cur)
+            cur = e.parent_inode if e else None
+        return False
+
+    async def setattr(self, inode: int, *, mode: int | None = None, size: int | None = None,
+                      mtime_ns: int | None = None, fh: int | None = None) -> Attr:
+        e = self.entry(inode)
+        if inode in (ROOT_INODE, SHARED_INODE) and (mode is not None or size is not None):
+            raise FsError(errno.EACCES)
+        if not e.writable or e.parent_inode == SHARED_INODE and mode is not None:
+            raise FsError(errno.EACCES, f"{e.name!r} is shared with you read-only")
+        if size is not None:
+            if e.kind != "file":
+                raise FsError(errno.EISDIR if e.kind == "dir" else errno.EINVAL)
+            await self._truncate(e, size)
+        changes: dict[str, Any] = {}
+        if mode is not None:
+            changes["mode"] = mode & 0o7777
+        if mtime_ns is not None:
+            changes["mtime_ns"] = mtime_ns
+            e = self.entry(inode)
+            if e.local_data:
+                st = os.stat(self.tree.data_path(inode))
+                os.utime(self.tree.data_path(inode), ns=(st.st_atime_ns, mtime_ns))
+        if changes:
+            with self.tree.index.transaction():
+                self.tree.update(inode, ctime_ns=time.time_ns(), **changes)
+                self.tree.enqueue("setattr", inode, None, None, **changes)
+            self.wake_syncer()
+        return self.getattr(inode)
+
+    async def _truncate(self, e: Entry, size: int) -> None:
+        if size == 0:
+            path = self.tree.data_path(e.inode)
+            with open(path, "wb"):
+                pass
+            if not e.local_data:
+                self.tree.update(e.inode, local_data=True)
+        else:
+            await self.materialize(e)
+            os.truncate(self.tree.data_path(e.inode), size)
+        self._touched(e.inode)
+
+    # ---- file contents -------------------------------------------------------------------------
+
+    def _open_handle(self, e: Entry, writable: bool) -> Handle:
+        h = Handle(self._next_fh, e.inode, writable)
+        self._next_fh += 1
+        self._handles[h.fh] = h
+        self.live.opens[e.inode] += 1
+        if writable:
+            self.live.writers[e.inode] += 1
+        return h
+
+    def handle(self, fh: int) -> Handle:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise FsError(errno.EBADF) from None
+
+    async def open(self, inode: int, flags: int) -> Handle:
+        e = self.entry(inode)
+        if e.kind == "dir":
+            raise FsError(errno.EISDIR)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if writable and not e.writable:
+            raise FsError(errno.EACCES, f"{e.name!r} is shared with you read-only")
+        h = self._open_handle(e, writable)
+        if writable and flags & os.O_TRUNC:
+            await self._truncate(e, 0)
+        return h
+
+    def _fd(self, h: Handle) -> int | None:
+        if h.fd is None and self.entry(h.inode).local_data:
+            h.fd = os.open(self.tree.data_path(h.inode), os.O_RDWR)
+        return h.fd
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        h = self.handle(fh)
+        fd = self._fd(h)
+        if fd is not None:
+            return os.pread(fd, size, offset)
+        e = self.entry(h.inode)
+        data = await self.reader.read(e, offset, size, sequential=offset == h.last_end)
+        h.last_end = offset + len(data)
+        return data
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        h = self.handle(fh)
+        if not h.writable:
+            raise FsError(errno.EBADF)
+        fd = self._fd(h)
+        if fd is None:
+            await self.materialize(self.entry(h.inode))
+            fd = self._fd(h)
+            assert fd is not None
+        try:
+            n = os.pwrite(fd, data, offset)
+        except OSError as e:
+            raise FsError(e.errno or errno.EIO, f"writing the local copy failed: {e}") from None
+        h.wrote = True
+        self._touched(h.inode)
+        return n
+
+    def _touched(self, inode: int) -> None:
+        """Content changed: bump the live generation; the first change after a sync is made durable."""
+        gen = self.live_gen(inode) + 1
+        self.live.gen[inode] = gen
+        e = self.entry(inode)
+        if not e.dirty:
+            self.tree.update(inode, content_gen=gen)
+
+    async def materialize(self, e: Entry) -> None:
+        """Give a file a whole local copy so it can be written in place."""
+        if e.local_data:
+            return
+        path = self.tree.data_path(e.inode)
+        tmp = path.with_name(path.name + ".part")
+        try:
+            with open(tmp, "wb") as f:
+                if e.size and e.node_id is not None:
+                    offset = 0
+                    while offset < e.size:
+                        block = await self.reader.read(e, offset, min(8 << 20, e.size - offset), sequential=True)
+                        if not block:
+                            break
+                        f.write(block)
+                        offset += len(block)
+            os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns))
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self.tree.update(e.inode, local_data=True)
+
+    def _persist(self, inode: int) -> None:
+        e = self.tree.get(inode)
+        if e is None or not e.local_data:
+            return
+        try:
+            st = os.stat(self.tree.data_path(inode))
+        except FileNotFoundError:
+            return
+        gen = max(self.live_gen(inode), e.content_gen)
+        self.tree.update(inode, size=st.st_size, mtime_ns=st.st_mtime_ns, content_gen=gen)
+
+    async def flush(self, fh: int) -> None:
+        h = self.handle(fh)
+        if h.wrote:
+            self._persist(h.inode)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self.handle(fh)
+        if h.fd is not None:
+            await trio.to_thread.run_sync(os.fsync, h.fd)
+        self._persist(h.inode)
+        self.tree.index.sync()
+        if h.wrote:
+            self.live.fsync_requested.add(h.inode)
+            self.wake_syncer()
+
+    async def release(self, fh: int) -> None:
+        h = self._handles.pop(fh, None)
+        if h is None:
+            return
+        if h.wrote:
+            self._persist(h.inode)
+        if h.fd is not None:
+            os.close(h.fd)
+        self.live.opens[h.inode] -= 1
+        if h.writable:
+            self.live.writers[h.inode] -= 1
+            if self.live.writers[h.inode] <= 0:
+                self.live.fsync_requested.discard(h.inode)
+        if self.live.opens[h.inode] <= 0:
+            del self.live.opens[h.inode]
+        if h.wrote:
+            self.wake_syncer()
+        self.collect(h.inode)
+
+    def readlink(self, inode: int) -> bytes:
+        e = self.entry(inode)
+        if e.kind != "symlink" or e.target is None:
+            raise FsError(errno.EINVAL)
+        return e.target.encode("utf-8")
+
+    def statfs(self) -> os.statvfs_result:
+        return os.statvfs(self.tree.files_dir)

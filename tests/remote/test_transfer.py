@@ -1,0 +1,298 @@
+"""Uploads and downloads through the blob store of a real server: identity, dedupe, delta, resume after a
+kill, integrity, memory and progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from cache.chunkcache import ChunkCache
+from cache.chunker import chunk_file
+from cache.index import Index
+from remote import errors
+from remote.transfer import Transfer, _prepare, _scan
+from tests.remote.conftest import connect
+from tests.remote.helpers import blob_files, same_file, write_random
+
+MiB = 2**20
+UPLOAD_PROC = Path(__file__).with_name("upload_proc.py")
+
+
+def text_file(path: Path, size: int) -> Path:
+    words = [b"drive", b"chunk", b"upload", b"sync", b"cache", b"mount", b"server", b"version", b"share"]
+    out, i = bytearray(), 0
+    while len(out) < size:
+        out += b"line %d: %s %s\n" % (i, words[i % 9], words[(i * 7) % 9])
+        i += 1
+    path.write_bytes(bytes(out[:size]))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["empty", "one-byte", "random-10MiB", "text-6MiB"])
+async def test_upload_download_identical(api, tmp_path, kind):
+    src = tmp_path / "src"
+    if kind == "empty":
+        src.write_bytes(b"")
+    elif kind == "one-byte":
+        src.write_bytes(b"\x00")
+    elif kind == "random-10MiB":
+        write_random(src, 10 * MiB + 12345)
+    else:
+        text_file(src, 6 * MiB)
+    me = await api.me()
+    transfer = Transfer(api)
+    node = await transfer.upload_file(src, parent_id=me.root_id, name=kind, mode=0o640, mtime_ns=10**18)
+    size = src.stat().st_size
+    assert (node.size, node.mode, node.mtime_ns, node.version) == (size, 0o640, 10**18, 1)
+    dest = tmp_path / "dest"
+    detail = await transfer.download_file(node, dest)
+    assert same_file(src, dest) and detail.size == size
+    assert sorted(os.listdir(tmp_path)) == ["dest", "src"]  # no temp file left behind
+    stats = transfer.statistics()
+    assert stats.plain_bytes_received == stats.plain_bytes_sent
+    if kind == "text-6MiB":
+        assert stats.chunks_compressed == stats.chunks_sent > 0 and stats.bytes_sent < size / 2
+    if kind == "random-10MiB":
+        assert stats.chunks_compressed == 0 and stats.bytes_sent == size
+
+
+async def test_same_file_twice_sends_nothing(server, api, tmp_path):
+    me = await api.me()
+    src = write_random(tmp_path / "a", 8 * MiB)
+    first = Transfer(api)
+    await first.upload_file(src, parent_id=me.root_id, name="one")
+    n_chunks = len({ref.hash for ref, _ in chunk_file(src)})
+    assert first.statistics().chunks_sent == n_chunks
+    before = blob_files(server)
+
+    second = Transfer(api)
+    node = await second.upload_file(src, parent_id=me.root_id, name="two")
+    stats = second.statistics()
+    assert (stats.chunks_sent, stats.bytes_sent, stats.chunks_skipped) == (0, 0, n_chunks)
+    assert blob_files(server) == before  # nothing new arrived at the blob store
+    await second.download_file(node, tmp_path / "b")
+    assert same_file(src, tmp_path / "b")
+
+
+async def test_one_byte_inserted_sends_at_most_two_chunks(server, api, tmp_path):
+    me = await api.me()
+    src = write_random(tmp_path / "big", 64 * MiB)
+    transfer = Transfer(api)
+    v1 = await transfer.upload_file(src, parent_id=me.root_id, name="big")
+    before = blob_files(server)
+
+    edited = tmp_path / "edited"
+    with open(src, "rb") as f, open(edited, "wb") as out:
+        out.write(f.read(32 * MiB + 777))
+        out.write(b"!")
+        out.write(f.read())
+    delta = Transfer(api)
+    v2 = await delta.upload_file(edited, node_id=v1.id, base_version=v1.version)
+    assert (v2.id, v2.version, v2.size) == (v1.id, 2, 64 * MiB + 1)
+    new_blobs = set(blob_files(server)) - set(before)
+    stats = delta.statistics()
+    assert 1 <= len(new_blobs) <= 2 and stats.chunks_sent == len(new_blobs)
+    assert stats.bytes_sent <= 2 * 4 * MiB
+
+    await delta.download_file(v2, tmp_path / "v2")
+    assert same_file(edited, tmp_path / "v2")
+    await delta.download_file(v2, tmp_path / "v1", version=1)  # the old version is still whole
+    assert same_file(src, tmp_path / "v1")
+
+
+async def test_resume_after_kill(server, tmp_path):
+    name, token = server.add_user()
+    async with connect(server, token) as api:
+        me = await api.me()
+        src = write_random(tmp_path / "resume", 48 * MiB)
+        chunks = {ref.hash: ref.size for ref, _ in chunk_file(src)}
+        index_path = tmp_path / "index.db"
+        baseline = set(blob_files(server))
+
+        proc = subprocess.Popen(
+            [sys.executable, str(UPLOAD_PROC), "--url", server.url, "--file", str(src), "--parent",
+             str(me.root_id), "--name", "resume", "--index", str(index_path), "--key", "k1",
+             "--throttle", "0.15", "--concurrency", "2"],
+            env={**os.environ, "DRIVEFS_TOKEN": token}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while len(set(blob_files(server)) - baseline) < 6:
+                assert proc.poll() is None, proc.stderr.read().decode()
+                assert time.monotonic() < deadline, "the upload did not start"
+                time.sleep(0.02)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        at_kill = set(blob_files(server)) - baseline
+        assert 6 <= len(at_kill) < len(chunks)
+
+        index = Index(index_path)
+        state = index.load_upload("k1")
+        assert state is not None and state.session_id  # the killed run left its session behind
+
+        async def no_new_session(*a, **kw):
+            raise AssertionError("the resumed upload opened a new session")
+
+        api.create_upload = no_new_session
+        resumed = Transfer(api)
+        node = await resumed.upload_file(src, parent_id=me.root_id, name="resume", index=index, upload_key="k1")
+        stats = resumed.statistics()
+        sent_now = set(blob_files(server)) - baseline - at_kill
+        assert stats.chunks_sent == len(sent_now) == len(chunks) - len(at_kill)
+        assert stats.chunks_skipped == len(at_kill)
+        assert stats.bytes_sent == sum(chunks[h] for h in sent_now) < src.stat().st_size
+        assert index.load_upload("k1") is None  # done: nothing left to resume
+
+        await resumed.download_file(node, tmp_path / "back")
+        assert same_file(src, tmp_path / "back")
+        index.close()
+
+
+async def test_resume_with_changed_content_starts_over(api, tmp_path):
+    me = await api.me()
+    index = Index(tmp_path / "index.db")
+    src = write_random(tmp_path / "f", 2 * MiB)
+    transfer = Transfer(api)
+    stale = await api.create_upload([], 0, parent_id=me.root_id, name="f")
+    index.save_upload("k", stale.id, [])  # an upload of other content under the same key
+    node = await transfer.upload_file(src, parent_id=me.root_id, name="f", index=index, upload_key="k")
+    assert node.size == 2 * MiB and index.load_upload("k") is None
+    with pytest.raises(errors.NotFound):
+        await api.get_upload(stale.id)  # the stale session was dropped
+    index.close()
+
+
+async def test_version_conflict_drops_saved_state(api, tmp_path):
+    me = await api.me()
+    index = Index(tmp_path / "index.db")
+    src = write_random(tmp_path / "f", MiB)
+    transfer = Transfer(api)
+    v1 = await transfer.upload_file(src, parent_id=me.root_id, name="f")
+    await transfer.upload_file(src, node_id=v1.id, base_version=1)
+    write_random(src, MiB)
+    with pytest.raises(errors.VersionConflict) as info:
+        await transfer.upload_file(src, node_id=v1.id, base_version=1, index=index, upload_key="k")
+    assert info.value.current_version == 2
+    assert index.load_upload("k") is None
+    index.close()
+
+
+@pytest.mark.parametrize("kind", ["plain", "zstd"])
+async def test_corrupted_blob_is_detected(fresh_server, tmp_path, kind):
+    _name, token = fresh_server.add_user()
+    tmp_path = tmp_path / "client"  # the fresh server keeps its data beside it
+    tmp_path.mkdir()
+    async with connect(fresh_server, token) as api:
+        me = await api.me()
+        src = write_random(tmp_path / "f", 200 * 1024) if kind == "plain" else text_file(tmp_path / "f", 200 * 1024)
+        transfer = Transfer(api)
+        node = await transfer.upload_file(src, parent_id=me.root_id, name="f")
+        (blob,) = [p for p in (fresh_server.data_dir / "blobs").rglob("*") if p.is_file()]
+        assert blob.suffix == (".zst" if kind == "zstd" else "")
+        raw = bytearray(blob.read_bytes())
+        raw[len(raw) // 2] ^= 0x01  # one flipped bit, same size
+        blob.write_bytes(bytes(raw))
+
+        dest = tmp_path / "out"
+        with pytest.raises(errors.CorruptChunk):
+            await transfer.download_file(node, dest)
+        assert not dest.exists() and sorted(os.listdir(tmp_path)) == ["f"]
+        detail = await api.version_detail(node.id, node.version)
+        index = Index(tmp_path / "index.db")
+        cache = ChunkCache(tmp_path / "cache", index)
+        with pytest.raises(errors.CorruptChunk):
+            await transfer.download_chunks(node.id, node.version, detail.manifest, chunk_cache=cache)
+        assert cache.usage().chunks == 0  # bad bytes never reach the cache
+        index.close()
+
+
+async def test_download_chunks_uses_the_cache(api, tmp_path):
+    me = await api.me()
+    src = write_random(tmp_path / "f", 6 * MiB)
+    transfer = Transfer(api)
+    node = await transfer.upload_file(src, parent_id=me.root_id, name="f")
+    detail = await api.version_detail(node.id, node.version)
+    index = Index(tmp_path / "index.db")
+    cache = ChunkCache(tmp_path / "cache", index)
+    got = await transfer.download_chunks(node.id, node.version, detail.manifest, chunk_cache=cache)
+    data = src.read_bytes()
+    assert all(got[e.hash] == data[e.offset:e.offset + e.size] for e in detail.manifest)
+    assert transfer.statistics().chunks_received == len(got) == cache.usage().chunks
+    again = await transfer.download_chunks(node.id, node.version, detail.manifest, chunk_cache=cache)
+    stats = transfer.statistics()
+    assert again == got and stats.chunks_received == len(got) and stats.chunks_from_cache == len(got)
+    index.close()
+
+
+async def test_progress_reaches_total(api, tmp_path):
+    me = await api.me()
+    src = write_random(tmp_path / "f", 9 * MiB)
+    up: list[tuple[int, int]] = []
+    down: list[tuple[int, int]] = []
+    transfer = Transfer(api)
+    node = await transfer.upload_file(src, parent_id=me.root_id, name="f", progress=lambda d, t: up.append((d, t)))
+    await transfer.download_file(node, tmp_path / "g", progress=lambda d, t: down.append((d, t)))
+    for calls in (up, down):
+        assert len(calls) > 3
+        assert calls[-1] == (9 * MiB, 9 * MiB)
+        assert all(t == 9 * MiB for _, t in calls)
+        assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+async def test_file_changed_during_upload_is_refused(tmp_path):
+    src = write_random(tmp_path / "f", 2 * MiB)
+    scan = await trio.to_thread.run_sync(_scan, str(src))
+    write_random(src, 2 * MiB)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        with pytest.raises(errors.FileChanged):
+            _prepare(fd, scan.refs[0], 3)
+    finally:
+        os.close(fd)
+
+
+async def test_upload_memory_stays_bounded(server, tmp_path):
+    name, token = server.add_user()
+    async with connect(server, token) as api:
+        me = await api.me()
+    src = write_random(tmp_path / "big", 256 * MiB)
+    out = subprocess.run(
+        [sys.executable, str(UPLOAD_PROC), "--url", server.url, "--file", str(src), "--parent", str(me.root_id),
+         "--name", "big"],
+        env={**os.environ, "DRIVEFS_TOKEN": token}, capture_output=True, text=True, timeout=240,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    print(f"256 MiB upload: peak RSS {report['vm_hwm_kib'] / 1024:.0f} MiB, {report['seconds']:.1f} s")
+    assert report["stats"]["plain_bytes_sent"] == 256 * MiB
+    assert report["vm_hwm_kib"] < 150 * 1024
+
+
+async def test_crash_after_commit_does_not_commit_twice(api, tmp_path):
+    me = await api.me()
+    index = Index(tmp_path / "index.db")
+    src = write_random(tmp_path / "f", 2 * MiB)
+    transfer = Transfer(api)
+    real_drop = index.drop_upload
+
+    def crash(key: str) -> None:
+        raise RuntimeError("killed between the commit and forgetting the upload")
+
+    index.drop_upload = crash
+    with pytest.raises(RuntimeError):
+        await transfer.upload_file(src, parent_id=me.root_id, name="f", index=index, upload_key="k")
+    index.drop_upload = real_drop
+    # The rerun finds its committed session: the same node and version, not Exists or a version 2.
+    node = await transfer.upload_file(src, parent_id=me.root_id, name="f", index=index, upload_key="k")
+    assert node.version == 1 and len(await api.versions(node.id)) == 1
+    assert index.load_upload("k") is None
+    index.close()
