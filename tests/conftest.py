@@ -34,3 +34,15 @@ def user(server: ServerProcess) -> Iterator[tuple[str, httpx.Client]]:
     name, token = server.add_user()
     with server.client(token) as c:
         yield name, c
+
+
+@pytest.fixture
+def mount(server: ServerProcess, tmp_path: Path) -> Iterator["MountProcess"]:
+    """A mounted drive of a new user on the session's server."""
+    from tests.fixtures.mount import MountProcess
+
+    name, token = server.add_user()
+    m = MountProcess(server, name, token, tmp_path / "m")
+    m.mount()
+    yield m
+    m.cleanup()
