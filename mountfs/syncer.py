@@ -86,8 +86,11 @@ class Syncer:
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         failures = 0
+        first = True  # changes left from before a restart go up at once
         while True:
-            if self._force and self._pending():
+            if first:
+                first = False
+            elif self._force and self._pending():
                 await trio.lowlevel.checkpoint()  # a flush is waiting: no debounce, but let others run
             else:
                 with trio.move_on_after(5.0 if self._pending() else 60.0):
