@@ -29,6 +29,7 @@ from remote.transfer import Transfer
 from .config import MountConfig
 from .control import ControlServer
 from .fs import DriveOperations
+from .listener import FeedListener
 from .reader import Reader
 from .syncer import Syncer
 from .vfs import Vfs
@@ -61,8 +62,24 @@ class Mount:
         self.reader = Reader(self.tree, self.chunks, self.client, self._fetch)
         self.vfs = Vfs(self.tree, self.reader, self.client, self._wake, cfg.user)
         self.syncer = Syncer(self.vfs, self.tree, self.client, self.transfer, cfg.device)
+        # The feed has its own client: a long-poll must not wait behind the interactive retry budget.
+        self.feed_client = ApiClient(cfg.server, creds.token, device=cfg.device,
+                                     retry=RetryPolicy(max_total_s=5.0), timeout=45.0, max_connections=2)
+        self.listener = FeedListener(self.vfs, self.tree, self.feed_client, cfg.device)
         self.ops = DriveOperations(self.vfs)
+        self.vfs.invalidator = self._invalidate
+        self._nursery: trio.Nursery | None = None
         self._mounted = False
+
+    def _invalidate(self, inode: int | None, parent_inode: int | None, name: str | None) -> None:
+        """Make the kernel forget what it cached of a changed inode and name (no-op before mounting)."""
+        if not self._mounted:
+            return
+        if parent_inode is not None and name is not None:
+            pyfuse3.invalidate_entry_async(parent_inode, name.encode("utf-8", "surrogateescape"),
+                                           ignore_enoent=True)
+        if inode is not None and self._nursery is not None:
+            self._nursery.start_soon(trio.to_thread.run_sync, _invalidate_inode, inode)
 
     def _wake(self) -> None:
         self.syncer.wake()
@@ -121,7 +138,7 @@ class Mount:
         usage = self.chunks.usage()
         local = sum(p.stat().st_size for p in Path(self.tree.files_dir).iterdir() if p.is_file())
         return {"mountpoint": self.cfg.mountpoint, "server": self.cfg.server, "user": self.cfg.user,
-                "device": self.cfg.device, "online": s.online, "pending_ops": s.pending_ops,
+                "device": self.cfg.device, "online": s.online and self.listener.online, "pending_ops": s.pending_ops,
                 "pending_files": s.pending_files, "pending_bytes": s.pending_bytes,
                 "cache_bytes": usage.bytes + local, "cache_limit": self.cfg.cache_limit,
                 "last_sync": s.last_sync, "last_error": s.last_error,
@@ -153,7 +170,9 @@ class Mount:
         try:
             async with trio.open_nursery() as nursery:
                 self.reader.nursery = nursery
+                self._nursery = nursery
                 await nursery.start(self.syncer.run)
+                await nursery.start(self.listener.run)
                 await nursery.start(ControlServer(self.cfg.control_socket, self).serve)
                 nursery.start_soon(self.evict_loop)
                 nursery.start_soon(self._signals)
@@ -184,6 +203,14 @@ class Mount:
             self.index.close()
 
 
+def _invalidate_inode(inode: int) -> None:
+    try:
+        pyfuse3.invalidate_inode(inode, attr_only=False)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOSYS):
+            log.warning("could not invalidate inode %d: %s", inode, e)
+
+
 def _setup_logging(cfg: MountConfig, to_stderr: bool) -> None:
     handlers: list[logging.Handler] = [logging.FileHandler(cfg.log_path)]
     if to_stderr:
@@ -202,6 +229,7 @@ async def _main(cfg: MountConfig, ready: Callable[[], None]) -> None:
         raise
     finally:
         await mount.client.aclose()
+        await mount.feed_client.aclose()
 
 
 def run(cfg: MountConfig, ready: Callable[[], None], fail: Callable[[str], None]) -> int:

@@ -59,33 +59,38 @@ class Reader:
         self.fetch = fetch
         self.readahead_chunks = readahead_chunks
         self.nursery: trio.Nursery | None = None
-        self._layouts: LRUCache[int, Layout] = LRUCache(maxsize=512)
+        self._layouts: LRUCache[tuple[int, int], Layout] = LRUCache(maxsize=512)
         self._inflight: dict[str, trio.Event] = {}
 
-    async def layout(self, e: Entry) -> Layout:
-        cached = self._layouts.get(e.inode)
-        if cached is not None and cached.version == e.version:
+    async def layout(self, e: Entry, version: int | None = None) -> Layout:
+        """The chunk layout of `version` (default: the entry's current one)."""
+        version = version or e.version
+        cached = self._layouts.get((e.inode, version))
+        if cached is not None:
             return cached
         stored = self.tree.manifest(e.inode)
-        if stored is None or stored[0] != e.version:
+        if stored is None or stored[0] != version:
             if e.node_id is None:
                 raise FsError(errno.EIO, f"{e.name!r} has no server copy to read")
             try:
-                detail = await self.remote.version_detail(e.node_id, e.version)
+                detail = await self.remote.version_detail(e.node_id, version)
             except rerr.RemoteError as exc:
                 raise FsError(exc.errno if isinstance(exc, rerr.NotFound) else errno.EIO,
                               f"cannot fetch the chunk list of {e.name!r}: {exc}") from None
-            stored = (e.version, [(c.hash, c.size) for c in detail.manifest])
-            self.tree.set_manifest(e.inode, *stored)
+            stored = (version, [(c.hash, c.size) for c in detail.manifest])
+            if version == e.version:
+                self.tree.set_manifest(e.inode, *stored)
         layout = Layout.of(*stored)
-        self._layouts[e.inode] = layout
+        self._layouts[(e.inode, version)] = layout
         return layout
 
-    async def read(self, e: Entry, offset: int, size: int, sequential: bool = False) -> bytes:
-        if offset >= e.size or size <= 0:
+    async def read(self, e: Entry, offset: int, size: int, sequential: bool = False,
+                   version: int | None = None) -> bytes:
+        layout = await self.layout(e, version)
+        total = layout.starts[-1] + layout.sizes[-1] if layout.starts else 0
+        if offset >= total or size <= 0:
             return b""
-        size = min(size, e.size - offset)
-        layout = await self.layout(e)
+        size = min(size, total - offset)
         span = layout.span(offset, size)
         await self._ensure(e, layout, [i for i in span])
         out = bytearray()

@@ -214,8 +214,11 @@ class Syncer:
         self.tree.update(e.inode, node_id=node.id, owner=node.owner, access=node.access)
 
     async def _create_create(self, e: Entry, op: Op, parent_id: int) -> None:
-        name = op.name
-        assert name is not None
+        assert op.name is not None
+        await self._create_file(e, parent_id, op.name)
+
+    async def _create_file(self, e: Entry, parent_id: int, wanted: str) -> None:
+        name = wanted
         for n in range(1, 100):
             try:
                 if self.vfs.is_being_written(e.inode):
@@ -224,13 +227,22 @@ class Syncer:
                     self.tree.update(e.inode, node_id=node.id, version=node.version, owner=node.owner,
                                      access=node.access)
                 else:
-                    await self._commit_content(e, parent_id=parent_id, name=name)
+                    try:
+                        await self._commit_content(e, parent_id=parent_id, name=name)
+                    except rerr.FileChanged:
+                        # Reopened and written during the upload: create it empty now (the op must not be
+                        # dropped as refused), the content follows as a dirty file.
+                        node = await self.remote.commit_file([], 0, parent_id=parent_id, name=name, mode=e.mode,
+                                                             mtime_ns=e.mtime_ns)
+                        self.tree.update(e.inode, node_id=node.id, version=node.version, owner=node.owner,
+                                         access=node.access)
                 break
             except rerr.Exists:
                 # Another device created the same name meanwhile: ours becomes a conflicted copy.
-                name = conflict_name(op.name, self.device, date.today(), n)
-                log.warning("%r already exists on the server; keeping the local file as %r", op.name, name)
+                name = conflict_name(wanted, self.device, date.today(), n)
+                log.warning("%r already exists on the server; keeping the local file as %r", wanted, name)
                 self.tree.update(e.inode, name=name)
+                self.vfs.invalidate(e.inode, e.parent_inode, wanted)
 
     async def _rename(self, e: Entry, op: Op) -> None:
         parent_id = self._node_id(op.parent_inode)
@@ -257,6 +269,21 @@ class Syncer:
             await self._commit_content(e, node_id=e.node_id, base_version=e.version)
         except rerr.VersionConflict:
             await self._save_conflicted_copy(e)
+        except rerr.NotFound:
+            await self._recreate(e)
+        except rerr.FileChanged:
+            # Written again while we read it (an fsync'ing database does this): it stays dirty and goes up
+            # on a later pass. Letting this escape would end the syncer and with it the whole mount.
+            log.info("%r changed while it was uploaded; trying again later", e.name)
+
+    async def _recreate(self, e: Entry) -> None:
+        """Deleted on another device while edited here: the edit wins, as a new file in the same place."""
+        parent = self.tree.get(e.parent_inode) if e.parent_inode is not None else None
+        if parent is None or parent.node_id is None:
+            return
+        log.warning("%r was deleted elsewhere while changed here; putting this device's version back", e.name)
+        cur = self.tree.update(e.inode, node_id=None, version=0)
+        await self._create_file(cur, parent.node_id, e.name)
 
     async def _commit_content(self, e: Entry, **target: Any) -> None:
         gen = self.vfs.live_gen(e.inode)

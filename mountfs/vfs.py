@@ -40,6 +40,7 @@ class Handle:
     fd: int | None = None
     last_end: int = -1
     wrote: bool = False
+    version: int = 0  # the server version a reader sees for as long as it keeps the file open
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class Vfs:
         self._listing_locks: dict[int, trio.Lock] = {}
         self.uid = os.getuid()
         self.gid = os.getgid()
+        self.invalidator: Callable[[int | None, int | None, str | None], None] | None = None
 
     # ---- entries and attributes ----------------------------------------------------------------
 
@@ -117,8 +119,10 @@ class Vfs:
         self.live.opened_at_gen[inode] = now
         return keep
 
-    def invalidate(self, inode: int, parent_inode: int | None = None, name: str | None = None) -> None:
-        """Tell the kernel an inode (and a name in a folder) changed; replaced by the daemon."""
+    def invalidate(self, inode: int | None, parent_inode: int | None = None, name: str | None = None) -> None:
+        """Tell the kernel an inode (and a name in a folder) changed; the daemon supplies the real one."""
+        if self.invalidator is not None:
+            self.invalidator(inode, parent_inode, name)
 
     def live_gen(self, inode: int) -> int:
         g = self.live.gen.get(inode)
@@ -444,7 +448,7 @@ class Vfs:
     # ---- file contents -------------------------------------------------------------------------
 
     def _open_handle(self, e: Entry, writable: bool) -> Handle:
-        h = Handle(self._next_fh, e.inode, writable)
+        h = Handle(self._next_fh, e.inode, writable, version=e.version)
         self._next_fh += 1
         self._handles[h.fh] = h
         self.live.opens[e.inode] += 1
@@ -481,7 +485,8 @@ class Vfs:
         if fd is not None:
             return os.pread(fd, size, offset)
         e = self.entry(h.inode)
-        data = await self.reader.read(e, offset, size, sequential=offset == h.last_end)
+        data = await self.reader.read(e, offset, size, sequential=offset == h.last_end,
+                                      version=h.version if not h.writable else None)
         h.last_end = offset + len(data)
         return data
 

@@ -53,7 +53,8 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise TooLarge(f"request body above {self.max_bytes} bytes")
+                # An HTTPException, so that FastAPI's body parsing passes it on instead of turning it into a 400.
+                raise StarletteHTTPException(413, f"request body above {self.max_bytes} bytes")
             return message
 
         await self.app(scope, limited, send)
@@ -119,7 +120,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: TooLarge.code}.get(exc.status_code, "http_error")
         return JSONResponse({"error": {"code": code, "message": str(exc.detail), "details": {}}},
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
@@ -162,12 +163,12 @@ def create_app(config: ServerConfig) -> FastAPI:
         return store.list_children(user, node_id, cursor, limit)
 
     @app.post(f"{API}/folders", response_model=models.Node, status_code=201, tags=["tree"])
-    def create_folder(user: Caller, req: models.FolderCreate) -> models.Node:
-        return store.create_folder(user, req)
+    def create_folder(user: Caller, req: models.FolderCreate, device: Device = None) -> models.Node:
+        return store.create_folder(user, req, device)
 
     @app.post(f"{API}/symlinks", response_model=models.Node, status_code=201, tags=["tree"])
-    def create_symlink(user: Caller, req: models.SymlinkCreate) -> models.Node:
-        return store.create_symlink(user, req)
+    def create_symlink(user: Caller, req: models.SymlinkCreate, device: Device = None) -> models.Node:
+        return store.create_symlink(user, req, device)
 
     @app.post(f"{API}/files", response_model=models.Node, tags=["tree"])
     def commit_file(user: Caller, req: models.FileCommit, device: Device = None) -> models.Node:
@@ -180,16 +181,16 @@ def create_app(config: ServerConfig) -> FastAPI:
         return store.move(user, node_id, req, device)
 
     @app.patch(f"{API}/nodes/{{node_id}}", response_model=models.Node, tags=["tree"])
-    def set_attr(user: Caller, node_id: models.NodeId, req: models.AttrUpdate) -> models.Node:
-        return store.set_attr(user, node_id, req)
+    def set_attr(user: Caller, node_id: models.NodeId, req: models.AttrUpdate, device: Device = None) -> models.Node:
+        return store.set_attr(user, node_id, req, device)
 
     @app.delete(f"{API}/nodes/{{node_id}}", response_model=models.Node, tags=["tree"])
     def delete(user: Caller, node_id: models.NodeId, require_empty: bool = False, device: Device = None) -> models.Node:
         return store.delete(user, node_id, require_empty, device)
 
     @app.post(f"{API}/nodes/{{node_id}}/restore", response_model=models.Node, tags=["tree"])
-    def restore(user: Caller, node_id: models.NodeId, req: models.Restore) -> models.Node:
-        return store.restore_node(user, node_id, req.name)
+    def restore(user: Caller, node_id: models.NodeId, req: models.Restore, device: Device = None) -> models.Node:
+        return store.restore_node(user, node_id, req.name, device)
 
     @app.get(f"{API}/trash", response_model=models.Listing, tags=["tree"])
     def trash(user: Caller, limit: Limit = limits.DEFAULT_PAGE) -> models.Listing:
@@ -201,11 +202,11 @@ def create_app(config: ServerConfig) -> FastAPI:
         return store.versions(user, node_id)
 
     @app.get(f"{API}/nodes/{{node_id}}/versions/{{version}}", response_model=models.VersionDetail, tags=["versions"])
-    def version_detail(user: Caller, node_id: models.NodeId, version: Annotated[int, models.Field(ge=1)]) -> models.VersionDetail:
+    def version_detail(user: Caller, node_id: models.NodeId, version: models.VersionNo) -> models.VersionDetail:
         return store.version_detail(user, node_id, version)
 
     @app.post(f"{API}/nodes/{{node_id}}/versions/{{version}}/restore", response_model=models.Node, tags=["versions"])
-    def restore_version(user: Caller, node_id: models.NodeId, version: Annotated[int, models.Field(ge=1)],
+    def restore_version(user: Caller, node_id: models.NodeId, version: models.VersionNo,
                         device: Device = None) -> models.Node:
         return store.restore_version(user, node_id, version, device)
 
@@ -293,7 +294,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         return models.Cursor(cursor=str(store.latest_cursor()))
 
     @app.get(f"{API}/changes", response_model=models.Changes, tags=["changes"])
-    async def changes(user: Caller, cursor: Annotated[str, Query(pattern=r"^[0-9]{1,19}$")] = "0",
+    async def changes(user: Caller, cursor: Annotated[str, Query(pattern=r"^[0-9]{1,18}$")] = "0",
                       limit: Limit = 500,
                       wait: Annotated[float, Query(ge=0, le=limits.MAX_LONGPOLL_SECONDS)] = 0) -> models.Changes:
         after = int(cursor)

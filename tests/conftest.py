@@ -46,3 +46,20 @@ def mount(server: ServerProcess, tmp_path: Path) -> Iterator["MountProcess"]:
     m.mount()
     yield m
     m.cleanup()
+
+
+@pytest.fixture
+def two_devices(server: ServerProcess, tmp_path: Path) -> Iterator[tuple["MountProcess", "MountProcess"]]:
+    """Two mounts of one account on this machine, each with its own cache and device name."""
+    from tests.fixtures.mount import MountProcess
+
+    name, token = server.add_user()
+    a = MountProcess(server, name, token, tmp_path / "a", device="deviceA")
+    b = MountProcess(server, name, token, tmp_path / "b", device="deviceB")
+    try:
+        a.mount()
+        b.mount()
+        yield a, b
+    finally:
+        a.cleanup()
+        b.cleanup()

@@ -348,7 +348,7 @@ class MetadataStore:
 
     # ---- changing the tree -------------------------------------------------------------------
 
-    def create_folder(self, user: User, req: models.FolderCreate) -> models.Node:
+    def create_folder(self, user: User, req: models.FolderCreate, device: str | None = None) -> models.Node:
         with self._write() as w:
             parent, _ = self._folder(w.tx, user, req.parent_id, write=True)
             self._check_new_name(w.tx, parent, req.name)
@@ -357,9 +357,9 @@ class MetadataStore:
                 " VALUES (?, ?, ?, 'dir', ?, ?, ?) RETURNING id",
                 (parent.owner_id, parent.id, req.name, req.mode, req.mtime_ns or w.now, w.now),
             )[0]
-            return self._announce(w, user, "create", nid)
+            return self._announce(w, user, "create", nid, device=device)
 
-    def create_symlink(self, user: User, req: models.SymlinkCreate) -> models.Node:
+    def create_symlink(self, user: User, req: models.SymlinkCreate, device: str | None = None) -> models.Node:
         if "\x00" in req.target or len(req.target.encode("utf-8", "surrogatepass")) > limits.MAX_SYMLINK_TARGET_BYTES:
             raise Invalid("a symlink target cannot contain NUL and is at most 4096 bytes")
         with self._write() as w:
@@ -371,7 +371,7 @@ class MetadataStore:
                 (parent.owner_id, parent.id, req.name, 0o777, req.mtime_ns or w.now, w.now,
                  len(req.target.encode("utf-8", "surrogatepass")), req.target),
             )[0]
-            return self._announce(w, user, "create", nid)
+            return self._announce(w, user, "create", nid, device=device)
 
     def _announce(self, w: _Writer, user: User, kind: str, node_id: int, device: str | None = None,
                   old: NodeRow | None = None) -> models.Node:
@@ -435,7 +435,7 @@ class MetadataStore:
             (version, req.size, req.content_hash, req.mode, mtime, now, nid),
         )
 
-    def set_attr(self, user: User, node_id: int, req: models.AttrUpdate) -> models.Node:
+    def set_attr(self, user: User, node_id: int, req: models.AttrUpdate, device: str | None = None) -> models.Node:
         with self._write() as w:
             node = self._writable(w.tx, user, node_id)
             if node.kind == "symlink" and req.mode is not None:
@@ -445,7 +445,7 @@ class MetadataStore:
                 (node.mode if req.mode is None else req.mode,
                  node.mtime_ns if req.mtime_ns is None else req.mtime_ns, w.now, node.id),
             )
-            return self._announce(w, user, "update", node.id)
+            return self._announce(w, user, "update", node.id, device=device)
 
     def move(self, user: User, node_id: int, req: models.Move, device: str | None = None) -> models.Node:
         """Rename and/or move with rename(2) semantics; a file renamed over a file becomes its new version."""
@@ -473,18 +473,20 @@ class MetadataStore:
                     raise Exists(f"{req.name!r} already exists", node_id=target.id, kind=target.kind)
                 if src.kind == "file" and target.kind == "file":
                     return self._save_over(w, user, src, target, device)
-                self._clear_target(w, src, target)
+                self._clear_target(w, src, target, device)
             before = self._audience(tx, src.id)
             tx.execute("UPDATE nodes SET parent_id = ?, name = ?, ctime_ns = ? WHERE id = ?",
                        (new_parent.id, req.name, w.now, src.id))
             after = self._audience(tx, src.id)
-            self._emit(w, "delete", src.id, {u: a for u, a in before.items() if u not in after}, old=src, device=device)
+            # those who lose sight of it learn where it was, never where it went
+            self._emit(w, "delete", src.id, {u: a for u, a in before.items() if u not in after}, old=src, device=device,
+                       row=src)
             self._emit(w, "create", src.id, {u: a for u, a in after.items() if u not in before}, device=device)
             self._emit(w, "move", src.id, {u: a for u, a in after.items() if u in before}, old=src, device=device)
             row, access = self._access(tx, user, src.id)
             return row.out(access)
 
-    def _clear_target(self, w: _Writer, src: NodeRow, target: NodeRow) -> None:
+    def _clear_target(self, w: _Writer, src: NodeRow, target: NodeRow, device: str | None) -> None:
         """Make way for `src` at `target`'s name, as rename(2) would, or refuse."""
         if src.kind == "dir":
             if target.kind != "dir":
@@ -493,7 +495,7 @@ class MetadataStore:
                 raise NotEmpty(f"{target.name!r} is not empty")
         elif target.kind == "dir":
             raise IsADirectory(f"cannot replace the folder {target.name!r} with a file")
-        self._trash(w, target)
+        self._trash(w, target, device)
 
     def _save_over(self, w: _Writer, user: User, src: NodeRow, target: NodeRow, device: str | None) -> models.Node:
         """File renamed over a file: the target keeps its id, shares and history and gains src's content."""
@@ -539,7 +541,7 @@ class MetadataStore:
             assert row is not None
             return row.out("owner" if node.owner_id == user.id else "write")
 
-    def restore_node(self, user: User, node_id: int, name: str | None) -> models.Node:
+    def restore_node(self, user: User, node_id: int, name: str | None, device: str | None = None) -> models.Node:
         """Bring a node back from the trash, under its old name or `name`."""
         with self._write() as w:
             node, _ = self._access(w.tx, user, node_id, allow_deleted=True)
@@ -554,7 +556,7 @@ class MetadataStore:
             self._check_new_name(w.tx, parent, new_name)
             w.tx.execute("UPDATE nodes SET deleted = 0, deleted_ns = NULL, name = ?, ctime_ns = ? WHERE id = ?",
                          (new_name, w.now, node.id))
-            return self._announce(w, user, "create", node.id)
+            return self._announce(w, user, "create", node.id, device=device)
 
     # ---- versions ------------------------------------------------------------------------------
 

@@ -1,0 +1,150 @@
+"""Remote to local: follows the server's changes feed and brings the local tree and the kernel up to date.
+
+Changes this device made come back on the feed too; they are skipped (the local tree already has
+them). A change never overrides local work that is not yet on the server: a dirty file or a node named
+by a pending op keeps its local state, and the syncer resolves the difference when it commits
+(conflicted copy, or re-creating a file that was deleted elsewhere while edited here).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import trio
+
+from cache.tree import SHARED_INODE, Entry, Tree
+from remote import errors as rerr
+
+log = logging.getLogger("drivefs.listener")
+
+CURSOR_KEY = "feed_cursor"
+LONG_POLL_S = 25.0
+POLL_FALLBACK_S = 2.0
+
+
+class FeedListener:
+    """Long-polls the changes feed (falling back to plain polling) and applies each change."""
+
+    def __init__(self, vfs: Any, tree: Tree, remote: Any, device: str) -> None:
+        self.vfs = vfs
+        self.tree = tree
+        self.remote = remote
+        self.device = device
+        self.online = True
+        self.last_change: float | None = None
+        self.applied = 0
+        self._long_poll = True
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        failures = 0
+        while True:
+            try:
+                cursor = await self._cursor()
+                wait = LONG_POLL_S if self._long_poll else 0.0
+                page = await self.remote.changes(cursor, limit=500, wait=wait)
+                failures = 0
+                self.online = True
+            except rerr.TransportFailure as e:
+                failures += 1
+                self.online = False
+                log.warning("changes feed unreachable (%s); retrying", e)
+                await trio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+                continue
+            except rerr.ApiError as e:
+                if self._long_poll:
+                    log.warning("long-poll refused (%s); falling back to polling", e)
+                    self._long_poll = False
+                    continue
+                raise
+            self.apply_page(page)
+            if not self._long_poll and not page.changes:
+                await trio.sleep(POLL_FALLBACK_S)
+
+    async def _cursor(self) -> str:
+        cursor = self.tree.index.get_kv(CURSOR_KEY)
+        if cursor is None:
+            # A new cache starts at the present: folders are listed from the server when first used.
+            cursor = await self.remote.latest_cursor()
+            self.tree.index.set_kv(CURSOR_KEY, cursor)
+        return cursor
+
+    def apply_page(self, page: Any) -> None:
+        with self.tree.index.transaction():
+            for change in page.changes:
+                if change.device != self.device or change.device is None:
+                    try:
+                        self.apply(change)
+                    except Exception:
+                        log.exception("could not apply change %d (%s of %r)", change.seq, change.kind,
+                                      change.node.name)
+            self.tree.index.set_kv(CURSOR_KEY, page.cursor)
+        if page.changes:
+            self.last_change = time.time()
+            self.applied += len(page.changes)
+
+    # ---- one change ----------------------------------------------------------------------------
+
+    def apply(self, change: Any) -> None:
+        node = change.node
+        local = self.tree.by_node(node.id)
+        if change.kind in ("share", "unshare"):
+            self._shares_changed(change, local)
+        elif change.kind == "delete":
+            if local is not None:
+                self._remove(local)
+        else:
+            self._place(node, local)
+
+    def _busy(self, e: Entry) -> bool:
+        """Local work the server has not seen yet: it wins until the syncer settles it."""
+        return e.dirty or self.tree.named_by_ops(e.inode)
+
+    def _remove(self, e: Entry) -> None:
+        if self._busy(e):
+            log.info("%r was deleted on another device but changed here; keeping it", e.name)
+            return
+        parent, name = e.parent_inode, e.name
+        self.vfs.forget_local(e)
+        if parent is not None:
+            self.vfs.invalidate(None, parent, name)
+
+    def _shares_changed(self, change: Any, local: Entry | None) -> None:
+        self.tree.update(SHARED_INODE, listed=False)
+        if change.kind == "unshare" and local is not None and local.parent_inode == SHARED_INODE:
+            self._remove(local)
+        self.vfs.invalidate(SHARED_INODE)
+
+    def _place(self, node: Any, local: Entry | None) -> None:
+        """A node was created, changed or moved: put it where the server says, if we track that folder."""
+        parent = self.tree.by_node(node.parent_id) if node.parent_id is not None else None
+        if local is not None and local.parent_inode == SHARED_INODE:
+            parent = self.tree.get(SHARED_INODE)  # a shared root stays where the recipient sees it
+        if parent is None or not parent.listed:
+            if local is not None and not self._busy(local):
+                self._remove(local)  # moved to a folder this device does not follow (yet)
+            return
+        if local is not None and self._busy(local):
+            return
+        name = local.name if parent.inode == SHARED_INODE and local is not None else node.name
+        clash = self.tree.child(parent.inode, name)
+        if clash is not None and (local is None or clash.inode != local.inode):
+            if self._busy(clash):
+                log.info("%r exists here and on the server; the local one will become a conflicted copy", name)
+                return
+            self._remove(clash)
+        old = (local.parent_inode, local.name) if local is not None else None
+        content_changed = local is not None and (local.version != node.version or local.size != node.size)
+        if local is not None and (local.parent_inode, local.name) != (parent.inode, name):
+            self.tree.update(local.inode, parent_inode=parent.inode, name=name)
+        entry = self.vfs.merge_remote(parent.inode, node, name=name)
+        if entry is None:
+            return
+        if content_changed and entry.local_data and not entry.dirty:
+            self.tree.update(entry.inode, local_data=False)
+            self.tree.data_path(entry.inode).unlink(missing_ok=True)  # open handles keep their fd
+        if old is not None and old != (parent.inode, name) and old[0] is not None:
+            self.vfs.invalidate(None, old[0], old[1])
+        self.vfs.invalidate(entry.inode, parent.inode, name)
