@@ -118,8 +118,8 @@ class Mount:
                 self.tree.update(e.inode, size=st.st_size, mtime_ns=st.st_mtime_ns)
             elif e.local_data:
                 log.error("local data of %r (inode %d) is missing; it cannot be uploaded", e.name, e.inode)
-        # Folders are re-listed on first use, so changes made elsewhere while unmounted show up.
-        self.index.conn.execute("UPDATE inodes SET listed = 0 WHERE kind = 'dir' AND node_id IS NOT NULL")
+        # Listed folders stay listed: the feed, resumed from the saved cursor, brings what changed
+        # elsewhere meanwhile, and the cached tree stays browsable when the server is away.
 
     async def evict_loop(self) -> None:
         while True:

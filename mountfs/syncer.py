@@ -52,7 +52,7 @@ class Syncer:
     """Pushes local changes to the server in the background."""
 
     def __init__(self, vfs: Any, tree: Tree, remote: Any, transfer: Any, device: str,
-                 debounce_s: float = 0.3, retry_max_s: float = 30.0) -> None:
+                 debounce_s: float = 0.1, retry_max_s: float = 30.0) -> None:
         self.vfs = vfs
         self.tree = tree
         self.remote = remote

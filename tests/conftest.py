@@ -48,14 +48,12 @@ def mount(server: ServerProcess, tmp_path: Path) -> Iterator["MountProcess"]:
     m.cleanup()
 
 
-@pytest.fixture
-def two_devices(server: ServerProcess, tmp_path: Path) -> Iterator[tuple["MountProcess", "MountProcess"]]:
-    """Two mounts of one account on this machine, each with its own cache and device name."""
+def _two_mounts(srv: ServerProcess, root: Path) -> Iterator[tuple["MountProcess", "MountProcess"]]:
     from tests.fixtures.mount import MountProcess
 
-    name, token = server.add_user()
-    a = MountProcess(server, name, token, tmp_path / "a", device="deviceA")
-    b = MountProcess(server, name, token, tmp_path / "b", device="deviceB")
+    name, token = srv.add_user()
+    a = MountProcess(srv, name, token, root / "a", device="deviceA")
+    b = MountProcess(srv, name, token, root / "b", device="deviceB")
     try:
         a.mount()
         b.mount()
@@ -63,3 +61,15 @@ def two_devices(server: ServerProcess, tmp_path: Path) -> Iterator[tuple["MountP
     finally:
         a.cleanup()
         b.cleanup()
+
+
+@pytest.fixture
+def two_devices(server: ServerProcess, tmp_path: Path) -> Iterator[tuple["MountProcess", "MountProcess"]]:
+    """Two mounts of one account on this machine, each with its own cache and device name."""
+    yield from _two_mounts(server, tmp_path)
+
+
+@pytest.fixture
+def two_devices_own_server(fresh_server: ServerProcess, tmp_path: Path) -> Iterator[tuple["MountProcess", "MountProcess"]]:
+    """Two devices on a server of the test's own, which the test may stop and start."""
+    yield from _two_mounts(fresh_server, tmp_path)
