@@ -1,0 +1,99 @@
+"""The server goes away: cached files stay usable, changes queue, and everything converges when it returns."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+
+import pytest
+
+from tests.e2e.test_sync import eventually, read_or_none
+
+
+def status(m) -> dict:
+    return json.loads(m.drive("status", str(m.path), "--json").stdout)[0]
+
+
+def test_offline_edits_queue_and_converge(two_devices_own_server):
+    a, b = two_devices_own_server
+    srv = a.server
+    (a.path / "keep.txt").write_text("cached")
+    (a.path / "dir").mkdir()
+    a.flush()
+    eventually(lambda: read_or_none(b.path / "keep.txt") == b"cached", what="setup on B")
+    os.listdir(b.path / "dir")
+
+    srv.stop()
+    assert (a.path / "keep.txt").read_text() == "cached"  # cached data stays readable
+    (a.path / "offline.txt").write_text("written offline")
+    os.rename(a.path / "keep.txt", a.path / "dir" / "kept.txt")
+    (a.path / "dir" / "new").mkdir()
+    eventually(lambda: not status(a)["online"] and status(a)["pending_ops"] > 0, timeout=20,
+               what="A reports offline with queued changes")
+    srv.start()
+    eventually(lambda: read_or_none(b.path / "offline.txt") == b"written offline", timeout=30, what="B converges")
+    eventually(lambda: read_or_none(b.path / "dir" / "kept.txt") == b"cached", timeout=10, what="rename on B")
+    assert (b.path / "dir" / "new").is_dir()
+    assert not (b.path / "keep.txt").exists()
+
+
+def test_uncached_read_fails_fast_when_offline(fresh_server, tmp_path):
+    from tests.fixtures.mount import MountProcess
+
+    name, token = fresh_server.add_user()
+    mount = MountProcess(fresh_server, name, token, tmp_path / "m")
+    mount.mount()
+    try:
+        _uncached_read(mount)
+    finally:
+        mount.cleanup()
+
+
+def _uncached_read(mount):
+    data = os.urandom(2 * 2**20)
+    (mount.path / "f.bin").write_bytes(data)
+    mount.unmount()
+    import shutil
+
+    shutil.rmtree(mount.cache_dir)  # a cold cache that knows the file but holds none of its bytes
+    mount.mount()
+    os.listdir(mount.path)
+    mount.server.stop()
+    try:
+        start = time.monotonic()
+        with pytest.raises(OSError) as e:
+            (mount.path / "f.bin").read_bytes()
+        assert e.value.errno == errno.EIO
+        assert time.monotonic() - start < 30
+    finally:
+        mount.server.start()
+
+
+def test_concurrent_offline_edits_make_one_conflicted_copy(two_devices_own_server):
+    a, b = two_devices_own_server
+    srv = a.server
+    (a.path / "report.txt").write_text("base")
+    a.flush()
+    eventually(lambda: read_or_none(b.path / "report.txt") == b"base", what="base on B")
+    srv.stop()
+    (a.path / "report.txt").write_text("edited on A")
+    (b.path / "report.txt").write_text("edited on B, offline")
+    srv.start()
+    a.flush()
+    b.flush()
+    a.flush()
+
+    def settled(m) -> bool:
+        names = [n for n in os.listdir(m.path) if n.startswith("report")]
+        return len(names) == 2
+
+    eventually(lambda: settled(a) and settled(b), timeout=20, what="one conflicted copy on both devices")
+    for m in (a, b):
+        names = sorted(n for n in os.listdir(m.path) if n.startswith("report"))
+        copy = [n for n in names if "conflicted copy from device" in n]
+        assert len(copy) == 1 and copy[0].endswith(".txt"), names
+        contents = {(m.path / "report.txt").read_text(), (m.path / copy[0]).read_text()}
+        assert contents == {"edited on A", "edited on B, offline"}
+    assert (a.path / "report.txt").read_text() == (b.path / "report.txt").read_text()
