@@ -805,14 +805,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("path", metavar="PATH", nargs="?", help="a mount point or a path inside one")
     st.add_argument("--json", action="store_true", help="print a JSON list of status objects instead")
     st.set_defaults(func=_status)
+    from mountfs.sharing import add_commands
+
+    add_commands(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mountfs.sharing import ShareError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ConfigError) as e:
+    except (CliError, ConfigError, ShareError) as e:
         print(f"drive: {e}", file=sys.stderr)
         return getattr(e, "code", 1)
     except KeyboardInterrupt:

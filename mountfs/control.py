@@ -60,6 +60,10 @@ class ControlHandler(Protocol):
         """(After an optional flush) stop the mount; the process then exits."""
         ...
 
+    async def resolve(self, path: str) -> dict:
+        """The server node behind a path relative to the mount point: node_id, name, kind, owner, access."""
+        ...
+
 
 # ---- errors (client side) ----
 
@@ -226,6 +230,8 @@ class ControlServer:
                 result: Any = await self.handler.status()
             elif cmd == "flush":
                 result = await self.handler.flush(report)
+            elif cmd == "resolve":
+                result = await self.handler.resolve(str(request.get("path", "")))
             elif cmd == "unmount":
                 await self.handler.unmount(bool(request.get("flush", True)))
                 result = None
@@ -258,6 +264,9 @@ class ControlClient:
 
     def flush(self, on_progress: Callable[[Progress], None] | None = None) -> dict:
         return self.request("flush", on_progress=on_progress, timeout=None)
+
+    def resolve(self, path: str) -> dict:
+        return self.request("resolve", path=path, timeout=None)
 
     def unmount(self, flush: bool = True) -> None:
         """Ask the daemon to stop; returns once it has accepted (it may still be exiting)."""

@@ -147,11 +147,27 @@ class Mount:
     async def flush(self, report) -> dict:
         return await self.syncer.flush(report)
 
+    async def resolve(self, path: str) -> dict:
+        """Find the node behind a path in this mount, committing it first if it is not on the server yet."""
+        for attempt in range(2):
+            e = self.tree.get(ROOT_INODE)
+            assert e is not None
+            for part in [p for p in path.split("/") if p and p != "."]:
+                await self.vfs.ensure_listed(e)
+                child = self.tree.child(e.inode, part)
+                if child is None:
+                    raise FileNotFoundError(f"no such file or folder in the drive: {path}")
+                e = child
+            if e.node_id is not None or attempt:
+                break
+            await self.flush(_ignore_progress)
+        if e.node_id is None:
+            raise RuntimeError(f"{path} is not on the server yet: {self.syncer.last_error or 'try drive flush'}")
+        return {"node_id": e.node_id, "name": e.name, "kind": e.kind, "owner": e.owner, "access": e.access}
+
     async def unmount(self, flush: bool) -> None:
         if flush:
-            async def ignore(_: dict) -> None:
-                return None
-            await self.syncer.flush(ignore)
+            await self.syncer.flush(_ignore_progress)
         pyfuse3.terminate()
 
     # ---- running ----
@@ -201,6 +217,10 @@ class Mount:
             self.chunks.close()
         finally:
             self.index.close()
+
+
+async def _ignore_progress(_: dict) -> None:
+    return None
 
 
 def _invalidate_inode(inode: int) -> None:

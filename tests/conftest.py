@@ -73,3 +73,21 @@ def two_devices(server: ServerProcess, tmp_path: Path) -> Iterator[tuple["MountP
 def two_devices_own_server(fresh_server: ServerProcess, tmp_path: Path) -> Iterator[tuple["MountProcess", "MountProcess"]]:
     """Two devices on a server of the test's own, which the test may stop and start."""
     yield from _two_mounts(fresh_server, tmp_path)
+
+
+@pytest.fixture
+def owner_and_recipient(server: ServerProcess, tmp_path: Path) -> Iterator[tuple["MountProcess", "MountProcess"]]:
+    """Two users, each with their own mounted drive."""
+    from tests.fixtures.mount import MountProcess
+
+    mounts = []
+    try:
+        for who in ("owner", "recipient"):
+            name, token = server.add_user()
+            m = MountProcess(server, name, token, tmp_path / who, device=f"{who}-device")
+            m.mount()
+            mounts.append(m)
+        yield mounts[0], mounts[1]
+    finally:
+        for m in mounts:
+            m.cleanup()
