@@ -65,6 +65,7 @@ class Syncer:
         self.last_error: str | None = None
         self.uploading: str | None = None
         self._wakeup = trio.Event()
+        self.stuck = False  # the last pass left a change the server refused
         self._force = 0
         self._progress = trio.Event()
         self._bytes_done = 0
@@ -107,6 +108,16 @@ class Syncer:
                 self.online = False
                 self._note_error(f"cannot reach the server: {e}")
                 await trio.sleep(min(self.retry_max_s, 0.5 * 2 ** min(failures, 6)))
+            except rerr.ServerError as e:
+                failures += 1
+                self._note_error(f"the server keeps failing: {e}")
+                await trio.sleep(min(self.retry_max_s, 0.5 * 2 ** min(failures, 6)))
+            except Exception as e:
+                # A bug must not end the write-back (and with it the mount): keep everything queued.
+                failures += 1
+                log.exception("write-back pass failed")
+                self._note_error(f"write-back failed: {e}")
+                await trio.sleep(min(self.retry_max_s, 0.5 * 2 ** min(failures, 6)))
             finally:
                 self._progress.set()
                 self._progress = trio.Event()
@@ -118,13 +129,21 @@ class Syncer:
 
     async def sync_once(self, force: bool = False) -> None:
         """One pass: every queued op, then every file whose content is ready to commit."""
+        self.stuck = False
         await self.replay_ops()
         for e in self.tree.dirty_files():
             if e.parent_inode is None or e.node_id is None:
                 continue
             if self.vfs.is_being_written(e.inode) and not force:
                 continue
-            await self.upload_content(e)
+            try:
+                await self.upload_content(e)
+            except (rerr.TransportFailure, rerr.ServerError):
+                raise
+            except rerr.RemoteError as exc:
+                # Refused for this file only (e.g. too large): it stays dirty, the others go on.
+                self.stuck = True
+                self._note_error(f"cannot commit {e.name!r}: {exc}")
         self.last_sync = time.time()
         if not self._pending():
             self.last_error = None
@@ -143,7 +162,7 @@ class Syncer:
                 await report({"done_bytes": max(total_bytes - now.pending_bytes, 0), "total_bytes": total_bytes,
                               "done_files": max(total_files - now.pending_files - now.pending_ops, 0),
                               "total_files": total_files})
-                if not self.online:
+                if not self.online or self.stuck:
                     return {"ok": False, "error": f"{now.pending_files + now.pending_ops} changes still pending: "
                                                   f"{self.last_error}"}
         finally:
@@ -162,9 +181,9 @@ class Syncer:
             for op in batch:
                 try:
                     await self._apply(op)
-                except rerr.TransportFailure:
-                    raise
-                except rerr.RemoteError as e:
+                except (rerr.TransportFailure, rerr.ServerError):
+                    raise  # not applied: the op stays queued for the next pass
+                except rerr.ApiError as e:
                     # The server refused for good (e.g. the folder was deleted elsewhere): record and move on.
                     self._note_error(f"{op.kind} of {op.name!r} was refused by the server: {e}")
                     self.tree.op_failed(op.seq, str(e))

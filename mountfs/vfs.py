@@ -75,6 +75,20 @@ def check_name(raw: bytes) -> str:
         raise FsError(errno.EINVAL, "names must be valid UTF-8") from None
 
 
+def existing_name(raw: bytes) -> str:
+    """Decode a name to find: none longer than 255 bytes or not UTF-8 can exist, since check_name refuses them.
+
+    Too long is ENAMETOOLONG as on local filesystems; not UTF-8 is simply absent (ENOENT), never an EIO
+    from the index refusing the undecodable text.
+    """
+    if len(raw) > MAX_NAME_BYTES:
+        raise FsError(errno.ENAMETOOLONG)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FsError(errno.ENOENT) from None
+
+
 class Vfs:
     """The mounted drive's tree and file contents, as the kernel sees them."""
 
@@ -139,7 +153,7 @@ class Vfs:
     # ---- lookups and listings ----------------------------------------------------------------
 
     async def lookup(self, parent_inode: int, raw: bytes) -> Entry:
-        name = raw.decode("utf-8", "surrogateescape")
+        name = existing_name(raw)
         parent = self._dir(parent_inode)
         await self.ensure_listed(parent)
         child = self.tree.child(parent.inode, name)
@@ -322,7 +336,7 @@ class Vfs:
 
     async def unlink(self, parent_inode: int, raw: bytes) -> None:
         parent = self._writable_dir(parent_inode)
-        name = raw.decode("utf-8", "surrogateescape")
+        name = existing_name(raw)
         await self.ensure_listed(parent)
         e = self.tree.child(parent.inode, name)
         if e is None:
@@ -333,13 +347,15 @@ class Vfs:
 
     async def rmdir(self, parent_inode: int, raw: bytes) -> None:
         parent = self._writable_dir(parent_inode)
-        name = raw.decode("utf-8", "surrogateescape")
+        name = existing_name(raw)
         await self.ensure_listed(parent)
         e = self.tree.child(parent.inode, name)
         if e is None:
             raise FsError(errno.ENOENT)
         if e.kind != "dir":
             raise FsError(errno.ENOTDIR)
+        if e.inode == SHARED_INODE:  # it has no node on the server; removing it would lose it for good
+            raise FsError(errno.EACCES, f"'{SHARED_NAME}' cannot be removed")
         await self.ensure_listed(e)
         if self.tree.has_children(e.inode):
             raise FsError(errno.ENOTEMPTY)
@@ -357,11 +373,13 @@ class Vfs:
             raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
         src_dir = self._writable_dir(old_parent)
         dst_dir = self._writable_dir(new_parent)
-        old_name = old_raw.decode("utf-8", "surrogateescape")
+        old_name = existing_name(old_raw)
         await self.ensure_listed(src_dir)
         src = self.tree.child(src_dir.inode, old_name)
         if src is None:
             raise FsError(errno.ENOENT)
+        if src.inode == SHARED_INODE:  # the virtual folder stays where it is, under its name
+            raise FsError(errno.EACCES, f"'{SHARED_NAME}' cannot be renamed")
         new_name = check_name(new_raw)
         await self.ensure_listed(dst_dir)
         if (src.owner or self.user) != (dst_dir.owner or self.user):
