@@ -10,6 +10,7 @@ from . import limits
 
 Hash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the chunk's plain bytes, hex")]
 NodeId = Annotated[int, Field(ge=1, le=2**62)]
+VersionNo = Annotated[int, Field(ge=1, le=2**62)]
 Name = Annotated[str, Field(min_length=1, max_length=1024, description="checked by the naming rules")]
 Mode = Annotated[int, Field(ge=0, le=limits.MODE_MASK)]
 TimeNs = Annotated[int, Field(ge=0, le=2**63 - 1)]
@@ -85,7 +86,7 @@ class FileCommit(Strict):
     """A new version of a file: either of an existing file (node_id + base_version) or a new one (parent_id + name)."""
 
     node_id: NodeId | None = None
-    base_version: Annotated[int, Field(ge=0)] | None = None
+    base_version: Annotated[int, Field(ge=0, le=2**62)] | None = None
     parent_id: NodeId | None = None
     name: Name | None = None
     manifest: Annotated[list[ChunkSpec], Field(max_length=limits.MAX_MANIFEST_CHUNKS)]
@@ -189,7 +190,7 @@ class SignedUrls(BaseModel):
 
 class DownloadUrlQuery(Strict):
     node_id: NodeId
-    version: Annotated[int, Field(ge=1)]
+    version: VersionNo
     hashes: Annotated[list[Hash], Field(max_length=limits.MAX_BATCH)]
 
 
