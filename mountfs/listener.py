@@ -36,14 +36,20 @@ class FeedListener:
         self.last_change: float | None = None
         self.applied = 0
         self._long_poll = True
+        # Nodes whose change was held back because local work on them was pending; looked up again once
+        # that work is on the server, so the change is not lost (the cursor has moved past it).
+        self.deferred: set[int] = set()
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         failures = 0
         while True:
             try:
+                await self.retry_deferred()
                 cursor = await self._cursor()
                 wait = LONG_POLL_S if self._long_poll else 0.0
+                if self.deferred:
+                    wait = min(wait, 1.0)
                 page = await self.remote.changes(cursor, limit=500, wait=wait)
                 failures = 0
                 self.online = True
@@ -62,6 +68,25 @@ class FeedListener:
             self.apply_page(page)
             if not self._long_poll and not page.changes:
                 await trio.sleep(POLL_FALLBACK_S)
+
+    async def retry_deferred(self) -> None:
+        """Apply the server's current state of held-back nodes that are no longer busy here."""
+        for node_id in list(self.deferred):
+            local = self.tree.by_node(node_id)
+            if local is not None and self._busy(local):
+                continue
+            self.deferred.discard(node_id)
+            try:
+                node = await self.remote.get_node(node_id)
+            except rerr.NotFound:
+                if local is not None:
+                    self._remove(local)
+                continue
+            except rerr.RemoteError:
+                self.deferred.add(node_id)
+                raise
+            with self.tree.index.transaction():
+                self._place(node, self.tree.by_node(node_id))
 
     async def _cursor(self) -> str:
         cursor = self.tree.index.get_kv(CURSOR_KEY)
@@ -105,6 +130,8 @@ class FeedListener:
     def _remove(self, e: Entry) -> None:
         if self._busy(e):
             log.info("%r was deleted on another device but changed here; keeping it", e.name)
+            if e.node_id is not None:
+                self.deferred.add(e.node_id)
             return
         parent, name = e.parent_inode, e.name
         self.vfs.forget_local(e)
@@ -123,16 +150,18 @@ class FeedListener:
         if local is not None and local.parent_inode == SHARED_INODE:
             parent = self.tree.get(SHARED_INODE)  # a shared root stays where the recipient sees it
         if parent is None or not parent.listed:
-            if local is not None and not self._busy(local):
+            if local is not None:
                 self._remove(local)  # moved to a folder this device does not follow (yet)
             return
         if local is not None and self._busy(local):
+            self.deferred.add(node.id)
             return
         name = local.name if parent.inode == SHARED_INODE and local is not None else node.name
         clash = self.tree.child(parent.inode, name)
         if clash is not None and (local is None or clash.inode != local.inode):
             if self._busy(clash):
                 log.info("%r exists here and on the server; the local one will become a conflicted copy", name)
+                self.deferred.add(node.id)
                 return
             self._remove(clash)
         old = (local.parent_inode, local.name) if local is not None else None

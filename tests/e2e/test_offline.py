@@ -97,3 +97,23 @@ def test_concurrent_offline_edits_make_one_conflicted_copy(two_devices_own_serve
         contents = {(m.path / "report.txt").read_text(), (m.path / copy[0]).read_text()}
         assert contents == {"edited on A", "edited on B, offline"}
     assert (a.path / "report.txt").read_text() == (b.path / "report.txt").read_text()
+
+
+def test_folder_rename_against_new_file_inside_keeps_both(two_devices_own_server):
+    a, b = two_devices_own_server
+    srv = a.server
+    (a.path / "Folder").mkdir()
+    (a.path / "Folder" / "old.txt").write_text("old")
+    a.flush()
+    eventually(lambda: read_or_none(b.path / "Folder" / "old.txt") == b"old", what="setup on B")
+    srv.stop()
+    os.rename(a.path / "Folder", a.path / "Renamed")
+    (b.path / "Folder" / "new.txt").write_text("made on B while apart")
+    srv.start()
+    a.flush()
+    b.flush()
+    for m in (a, b):
+        eventually(lambda: read_or_none(m.path / "Renamed" / "new.txt") == b"made on B while apart", timeout=15,
+                   what=f"new file inside the renamed folder on {m.device}")
+        assert (m.path / "Renamed" / "old.txt").read_text() == "old"
+        eventually(lambda: not (m.path / "Folder").exists(), timeout=10, what=f"old name gone on {m.device}")
