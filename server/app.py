@@ -120,7 +120,8 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: TooLarge.code}.get(exc.status_code, "http_error")
+        codes = {400: BadRequest.code, 404: NotFound.code, 405: "method_not_allowed", 413: TooLarge.code}
+        code = codes.get(exc.status_code, "http_error")
         return JSONResponse({"error": {"code": code, "message": str(exc.detail), "details": {}}},
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 

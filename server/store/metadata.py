@@ -212,7 +212,8 @@ class MetadataStore:
             raise NotFound(f"no node {node_id}")
         chain = self._ancestors(tx, node_id)
         hidden = [a for a in chain if a[2]]
-        if hidden and not (allow_deleted and hidden == [chain[0]]):
+        # allow_deleted: the node itself may be in the trash (folders above it too; restore_node then says so)
+        if hidden and not (allow_deleted and hidden[0] == chain[0]):
             raise NotFound(f"no node {node_id}")
         if row.owner_id == user.id:
             return row, "owner"
