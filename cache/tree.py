@@ -106,6 +106,10 @@ class Tree:
     def has_children(self, parent_inode: int) -> bool:
         return self.conn.execute("SELECT 1 FROM inodes WHERE parent_inode = ? LIMIT 1", (parent_inode,)).fetchone() is not None
 
+    def local_files(self) -> list[Entry]:
+        """Files whose whole content is in a local data file."""
+        return [_entry(r) for r in self.conn.execute(f"{_SELECT} WHERE local_data = 1 ORDER BY inode")]
+
     def dirty_files(self) -> list[Entry]:
         return [_entry(r) for r in self.conn.execute(f"{_SELECT} WHERE content_gen > synced_gen ORDER BY inode")]
 

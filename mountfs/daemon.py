@@ -28,6 +28,7 @@ from remote.transfer import Transfer
 
 from .config import MountConfig
 from .control import ControlServer
+from .evictor import Evictor
 from .fs import DriveOperations
 from .listener import FeedListener
 from .reader import Reader
@@ -67,6 +68,7 @@ class Mount:
                                      retry=RetryPolicy(max_total_s=5.0), timeout=45.0, max_connections=2)
         self.listener = FeedListener(self.vfs, self.tree, self.feed_client, cfg.device)
         self.ops = DriveOperations(self.vfs)
+        self.evictor = Evictor(self.tree, self.chunks, cfg.cache_limit, self.vfs.has_handles)
         self.vfs.invalidator = self._invalidate
         self._nursery: trio.Nursery | None = None
         self._mounted = False
@@ -125,9 +127,7 @@ class Mount:
         while True:
             await trio.sleep(EVICT_EVERY_S)
             try:
-                stats = self.chunks.evict()
-                if stats.evicted_chunks:
-                    log.info("evicted %d chunks (%d bytes)", stats.evicted_chunks, stats.evicted_bytes)
+                self.evictor.run_once()
             except Exception:
                 log.exception("cache eviction failed")
 
@@ -136,7 +136,7 @@ class Mount:
     async def status(self) -> dict:
         s = self.syncer.statistics()
         usage = self.chunks.usage()
-        local = sum(p.stat().st_size for p in Path(self.tree.files_dir).iterdir() if p.is_file())
+        local = self.evictor.local_bytes()
         return {"mountpoint": self.cfg.mountpoint, "server": self.cfg.server, "user": self.cfg.user,
                 "device": self.cfg.device, "online": s.online and self.listener.online, "pending_ops": s.pending_ops,
                 "pending_files": s.pending_files, "pending_bytes": s.pending_bytes,
