@@ -54,11 +54,26 @@ class CliError(Exception):
         self.code = code
 
 
-def _server(args: argparse.Namespace) -> int:
-    from server.main import serve
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    """Defaults < --config FILE (or $DRIVE_SERVER_CONFIG) < environment < the options given."""
+    from server.config import ConfigError as ServerConfigError
+    from server.config import load_config
 
-    serve(ServerConfig(data_dir=args.data, host=args.host, port=args.port, url_ttl_s=args.url_ttl,
-                       session_ttl_s=args.session_ttl), log_level=args.log_level)
+    given = {"data_dir": args.data, "host": getattr(args, "host", None), "port": getattr(args, "port", None),
+             "url_ttl_s": getattr(args, "url_ttl", None), "session_ttl_s": getattr(args, "session_ttl", None)}
+    try:
+        return load_config(args.config, **given)
+    except ServerConfigError as e:
+        raise CliError(str(e)) from None
+
+
+def _server(args: argparse.Namespace) -> int:
+    from server.main import StartupError, serve
+
+    try:
+        serve(_server_config(args), log_level=args.log_level)
+    except StartupError as e:
+        raise CliError(str(e)) from None
     return 0
 
 
@@ -66,7 +81,7 @@ def _user_add(args: argparse.Namespace) -> int:
     from server.errors import ApiError
     from server.main import open_store
 
-    store = open_store(ServerConfig(data_dir=args.data))
+    store = open_store(_server_config(args))
     try:
         user, token = store.add_user(args.name)
     except ApiError as e:
@@ -84,7 +99,7 @@ def _user_token(args: argparse.Namespace) -> int:
     from server.errors import ApiError
     from server.main import open_store
 
-    store = open_store(ServerConfig(data_dir=args.data))
+    store = open_store(_server_config(args))
     try:
         token = store.new_token(args.name)
     except ApiError as e:
@@ -100,7 +115,7 @@ def _user_token(args: argparse.Namespace) -> int:
 def _user_list(args: argparse.Namespace) -> int:
     from server.main import open_store
 
-    for name in open_store(ServerConfig(data_dir=args.data)).list_users():
+    for name in open_store(_server_config(args)).list_users():
         print(name)
     return 0
 
@@ -719,15 +734,24 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog="Client setup: drive login, then drive mount ~/Drive. Run drive COMMAND --help for more.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("server", help="run the server (embedded: SQLite + a local blob directory)")
-    s.add_argument("--data", type=Path, default=default_data_dir(), help="data directory (default: %(default)s)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=DEFAULT_PORT)
+    s = sub.add_parser(
+        "server", help="run the server (embedded: SQLite + a local blob directory)",
+        description="Run the API server. By default everything lives in the data directory (SQLite and chunk "
+                    "files). To run several servers, point them at PostgreSQL and an S3 store, in a config file "
+                    "(TOML or JSON: data_dir, host, port, url_ttl_s, session_ttl_s, database_url, blob_url, "
+                    "s3_access_key, s3_secret_key) or the environment: DRIVE_DATABASE_URL=postgresql://..., "
+                    "DRIVE_BLOB_URL=s3://BUCKET?endpoint=URL&region=R, DRIVE_S3_ACCESS_KEY, DRIVE_S3_SECRET_KEY. "
+                    "Options given here win over the environment, which wins over the file.")
+    s.add_argument("--config", type=Path, metavar="FILE",
+                   help="settings file, TOML or JSON (default: $DRIVE_SERVER_CONFIG if set)")
+    s.add_argument("--data", type=Path, help=f"data directory (default: {default_data_dir()})")
+    s.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    s.add_argument("--port", type=int, help=f"port to listen on (default: {DEFAULT_PORT})")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    s.add_argument("--url-ttl", type=float, default=ServerConfig.url_ttl_s, metavar="SECONDS",
-                   help="lifetime of signed blob URLs (default: %(default)s)")
-    s.add_argument("--session-ttl", type=float, default=ServerConfig.session_ttl_s, metavar="SECONDS",
-                   help="lifetime of resumable upload sessions (default: %(default)s)")
+    s.add_argument("--url-ttl", type=float, metavar="SECONDS",
+                   help=f"lifetime of signed blob URLs (default: {ServerConfig.url_ttl_s})")
+    s.add_argument("--session-ttl", type=float, metavar="SECONDS",
+                   help=f"lifetime of resumable upload sessions (default: {ServerConfig.session_ttl_s})")
     s.set_defaults(func=_server)
 
     u = sub.add_parser("user", help="manage users (run where the server's data directory is)")
@@ -736,11 +760,13 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("token", _user_token, "issue another token for a user")):
         a = usub.add_parser(name, help=helptext)
         a.add_argument("name")
-        a.add_argument("--data", type=Path, default=default_data_dir())
+        a.add_argument("--data", type=Path)
+        a.add_argument("--config", type=Path, metavar="FILE", help="the server's settings file (see drive server)")
         a.add_argument("--token-file", help="write the token to this file (mode 0600) instead of printing it")
         a.set_defaults(func=func)
     ls = usub.add_parser("list", help="list users")
-    ls.add_argument("--data", type=Path, default=default_data_dir())
+    ls.add_argument("--data", type=Path)
+    ls.add_argument("--config", type=Path, metavar="FILE", help="the server's settings file (see drive server)")
     ls.set_defaults(func=_user_list)
 
     lg = sub.add_parser(

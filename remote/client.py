@@ -54,8 +54,9 @@ from .models import (
 __all__ = ["API_PREFIX", "ApiClient", "ClientStatistics", "RetryPolicy"]
 
 API_PREFIX = "/api/v1"
-# The server refuses larger lists in one request (its limits.MAX_BATCH).
+# The server refuses larger lists in one request (its limits.MAX_BATCH, limits.MAX_CONFIRM).
 MAX_BATCH = 10_000
+MAX_CONFIRM = 64
 
 log = logging.getLogger("drivefs.remote")
 
@@ -199,6 +200,7 @@ class ApiClient:
             else:
                 status = resp.status_code
                 if status < 400:
+                    _unlink(resp)
                     return resp
                 retryable = status in policy.retry_statuses and (idempotent or status in _REFUSED)
                 if not retryable:
@@ -245,6 +247,9 @@ class ApiClient:
                    f"gave up after {attempts} attempt{'s' * (attempts != 1)} in {elapsed:.1f} s")
             return errors.ServerError(msg, status=status, code=str(detail.get("code", "internal")),
                                       maybe_applied=status not in _REFUSED)
+        if status == 403 and body is None and b"expired" in resp.content[:4096].lower():
+            # An S3 store's "Request has expired" (403 with an XML body; the server's own URLs answer 410).
+            return errors.Expired(f"{what}: the signed URL has expired", status=status, code="expired")
         return errors.error_from_response(status, body, what)
 
     async def _api(self, method: str, path: str, *, idempotent: bool, params: dict[str, Any] | None = None,
@@ -382,25 +387,56 @@ class ApiClient:
             out += [SignedUrl.from_json(u) for u in body["urls"]]
         return out
 
+    async def confirm_chunks(self, chunks: Sequence[UploadChunk]) -> list[str]:
+        """Ask the server to verify and record chunks PUT through URLs marked `confirm` (an S3 store cannot
+        check uploads itself); returns those it found no upload for. Safe to repeat."""
+        out: list[str] = []
+        for batch in _batches(list(chunks), MAX_CONFIRM):
+            body = await self._api("POST", "/chunks/confirm", idempotent=True,
+                                   json={"chunks": [c.to_json() for c in batch]})
+            out += body["missing"]
+        return out
+
     async def put_blob(self, url: SignedUrl | str, body: bytes, headers: dict[str, str] | None = None) -> None:
-        """Upload one chunk's stored bytes to its signed URL (relative URLs are joined to the server's)."""
+        """Upload one chunk's stored bytes to its signed URL (relative URLs are joined to the server's).
+
+        When the URL says `confirm` (an S3 store), the server is then asked to verify and record the chunk:
+        after this returns, the chunk counts as uploaded either way."""
         hdrs = {"Content-Type": "application/octet-stream"}
-        if isinstance(url, SignedUrl):
-            hdrs.update(url.headers)
-            url = url.url
+        signed = url if isinstance(url, SignedUrl) else None
+        if signed is not None:
+            hdrs.update(signed.headers)
+            url = signed.url
         hdrs.update(headers or {})
-        await self._send("PUT", self._blob_url(url), idempotent=True, headers=hdrs, content=body)
+        await self._blob_request("PUT", url, signed, headers=hdrs, content=body)
+        if signed is not None and signed.confirm:
+            chunk = UploadChunk(signed.hash, signed.size, signed.stored_size, signed.encoding)
+            if await self.confirm_chunks([chunk]):
+                raise errors.RemoteError(f"the blob store does not hold chunk {signed.hash} right after it was "
+                                         "uploaded; upload it again")
 
     async def get_blob(self, url: SignedUrl | str) -> tuple[str, bytes]:
         """One chunk's stored bytes from its signed URL, and their encoding ("none" or "zstd")."""
         hdrs: dict[str, str] = {}
         encoding = "none"
-        if isinstance(url, SignedUrl):
-            hdrs.update(url.headers)
-            encoding = url.encoding
-            url = url.url
-        resp = await self._send("GET", self._blob_url(url), idempotent=True, headers=hdrs)
+        signed = url if isinstance(url, SignedUrl) else None
+        if signed is not None:
+            hdrs.update(signed.headers)
+            encoding = signed.encoding
+            url = signed.url
+        resp = await self._blob_request("GET", url, signed, headers=hdrs)
         return resp.headers.get("X-Drive-Encoding", encoding), resp.content
+
+    async def _blob_request(self, method: str, url: str, signed: SignedUrl | None, **kw: Any) -> httpx.Response:
+        """A request to a signed blob URL. An S3 store answers an expired URL with 403, not 410: that is
+        reported as Expired too (see _error; or when the URL's expiry has passed), so callers renew it."""
+        try:
+            return await self._send(method, self._blob_url(url), idempotent=True, **kw)
+        except errors.Forbidden as e:
+            if signed is not None and time.time() >= signed.expires_at - 1:
+                raise errors.Expired(f"{method} {url.split('?', 1)[0]}: the signed URL has expired",
+                                     status=e.status, code="expired", details={}) from None
+            raise
 
     def _blob_url(self, url: str) -> str:
         if url.startswith(("http://", "https://")):
@@ -492,6 +528,16 @@ def _file_commit(manifest: Sequence[ChunkLike], size: int, node_id: int | None, 
 def _batches(items: list[Any], n: int = MAX_BATCH) -> Iterable[list[Any]]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
+
+
+def _unlink(resp: httpx.Response) -> None:
+    """Let a read response be freed as soon as it is dropped.
+
+    httpx's response and its (read and closed) stream refer to each other, so the response, its body
+    and its request's body live until the cycle collector happens to run: with chunk transfers in
+    parallel that kept tens of MB of chunks alive. The stream is spent; an empty one replaces it.
+    """
+    resp.stream = httpx.ByteStream(b"")
 
 
 def _retry_after(resp: httpx.Response) -> float:

@@ -146,6 +146,8 @@ class SignedUrl:
     expires_at: float
     headers: dict[str, str] = field(default_factory=dict, hash=False)
     encoding: Encoding = "none"
+    confirm: bool = False
+    """After a successful PUT, the server must be asked to confirm the chunk (ApiClient.put_blob does)."""
 
     def __repr__(self) -> str:
         # The query string is a credential: keep it out of reprs, logs and tracebacks.
@@ -156,7 +158,7 @@ class SignedUrl:
     def from_json(cls, d: dict[str, Any]) -> SignedUrl:
         return cls(hash=d["hash"], url=d["url"], method=d["method"], size=d["size"], stored_size=d["stored_size"],
                    expires_at=d["expires_at"], headers=dict(d.get("headers") or {}),
-                   encoding=d.get("encoding", "none"))
+                   encoding=d.get("encoding", "none"), confirm=bool(d.get("confirm", False)))
 
 
 @dataclass(frozen=True)

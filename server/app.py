@@ -16,13 +16,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import limits, models
+from .blobs import open_blob_store
 from .blobs.base import verify_chunk
-from .blobs.local import LocalBlobStore
 from .blobs.signing import UrlSigner
 from .config import ServerConfig
 from .errors import ApiError, BadRequest, NotFound, TooLarge, Unauthorized
 from .notify import ChangeNotifier
-from .store.db import SqliteDatabase
+from .store.db import open_database
 from .store.metadata import ChunkInfo, MetadataStore, User
 
 log = logging.getLogger("drivefs.server")
@@ -75,12 +75,24 @@ class Services:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.notifier = ChangeNotifier()
-        self.db = SqliteDatabase(config.db_path)
-        self.store = MetadataStore(self.db, on_change=self.notifier.notify)
+        self.db = open_database(config.database_url, config.data_dir)
+        self.store = MetadataStore(self.db, on_change=self._changed)
         self.store.init_schema()
         self.signer = UrlSigner(config.secret())
-        self.blobs = LocalBlobStore(config.blob_dir, self.signer, config.url_ttl_s)
+        self.blobs = open_blob_store(config, self.signer)
         self._tokens: TTLCache[str, User] = TTLCache(maxsize=4096, ttl=10)
+
+    def _changed(self, users: set[int]) -> None:
+        """Wake this process's long-polls at once, and the other processes' through the database."""
+        self.notifier.notify(users)
+        self.db.publish(users)
+
+    def _heard(self, users: set[int] | None) -> None:
+        """A change announced by any server process (None: some may have been missed)."""
+        if users is None:
+            self.notifier.notify_all()
+        else:
+            self.notifier.notify(users)
 
     def authenticate(self, token: str) -> User:
         user = self._tokens.get(token)
@@ -98,6 +110,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         svc.notifier.bind(asyncio.get_running_loop())
+        await run_in_threadpool(svc.db.subscribe, svc._heard)
         yield
         svc.db.close()
 
@@ -225,8 +238,14 @@ def create_app(config: ServerConfig) -> FastAPI:
         infos = store.readable_chunks(user, req.node_id, req.version, req.hashes)
         return models.SignedUrls(urls=[svc.blobs.download_url(i, user.id) for i in infos])
 
+    @app.post(f"{API}/chunks/confirm", response_model=models.MissingAnswer, tags=["chunks"])
+    def confirm(user: Caller, req: models.ConfirmQuery) -> models.MissingAnswer:
+        """Verify chunks PUT through URLs marked `confirm` and record them; answers which are still missing."""
+        return models.MissingAnswer(missing=[c.hash for c in req.chunks if not _confirm_blob(svc, user, c)])
+
     @app.put("/blobs/{chunk_hash}", status_code=201, tags=["blobs"], responses={201: {"description": "stored"}})
     async def put_blob(chunk_hash: str, request: Request) -> JSONResponse:
+        _local_blobs(svc)
         grant = svc.signer.check("PUT", chunk_hash, dict(request.query_params))
         body = bytearray()
         async for part in request.stream():
@@ -242,6 +261,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.get("/blobs/{chunk_hash}", tags=["blobs"], response_class=FileResponse,
              responses={200: {"content": {"application/octet-stream": {}}}})
     def get_blob(chunk_hash: str, request: Request) -> FileResponse:
+        _local_blobs(svc)
         grant = svc.signer.check("GET", chunk_hash, dict(request.query_params))
         path = svc.blobs.path(chunk_hash, grant.encoding)
         if not path.is_file():
@@ -322,6 +342,32 @@ def _store_blob(svc: Services, user_id: int, info: ChunkInfo, data: bytes) -> Ch
         svc.blobs.write(info.hash, info.encoding, data)
         existing = None
     return svc.store.record_chunk(user_id, existing or info)
+
+
+def _confirm_blob(svc: Services, user: User, chunk: models.UploadChunk) -> bool:
+    """Check a chunk a user uploaded to the blob store's staging area and record it; False if nothing is there.
+
+    Already holding the chunk is enough (e.g. another device of theirs confirmed the same upload first).
+    Otherwise the staged bytes are read back, and only bytes that match the chunk's name are stored under
+    it (see blobs/s3.py). The staging copy goes away either way; a mismatch raises Invalid/BadRequest.
+    """
+    if svc.store.missing_chunks(user, [chunk.hash]):
+        data = svc.blobs.read_staged(user.id, chunk)
+        if data is None:
+            return False
+        try:
+            _store_blob(svc, user.id, ChunkInfo(chunk.hash, chunk.size, chunk.stored_size, chunk.encoding), data)
+        finally:
+            svc.blobs.discard_staged(user.id, chunk)
+        return True
+    if svc.blobs.confirms:
+        svc.blobs.discard_staged(user.id, chunk)
+    return True
+
+
+def _local_blobs(svc: Services) -> None:
+    if svc.blobs.confirms:
+        raise NotFound("this server keeps chunks in an S3 store: use the URLs it hands out")
 
 
 def _with_limits(app: FastAPI) -> FastAPI:

@@ -13,6 +13,8 @@ MAX_STORED_CHUNK_BYTES = MAX_CHUNK_BYTES + 64 * 2**10
 MAX_FILE_BYTES = 1 * 2**40
 MAX_MANIFEST_CHUNKS = 1_000_000
 MAX_BATCH = 10_000
+# Chunks confirmed per request: the server reads each back from the blob store, so keep requests short.
+MAX_CONFIRM = 64
 MAX_JSON_BODY_BYTES = 96 * 2**20
 MAX_PAGE = 5_000
 DEFAULT_PAGE = 1_000

@@ -182,10 +182,18 @@ class SignedUrl(BaseModel):
     size: int
     stored_size: int
     expires_at: float
+    confirm: bool = Field(False, description="after a successful PUT, POST this chunk to /chunks/confirm: "
+                                             "the store cannot check uploads itself, so the server does")
 
 
 class SignedUrls(BaseModel):
     urls: list[SignedUrl]
+
+
+class ConfirmQuery(Strict):
+    """Chunks just PUT through URLs that asked for confirmation, as they were announced for those URLs."""
+
+    chunks: Annotated[list[UploadChunk], Field(max_length=limits.MAX_CONFIRM)]
 
 
 class DownloadUrlQuery(Strict):

@@ -28,9 +28,20 @@ class ChangeNotifier:
             if ev is not None:
                 ev.set()
 
+    def _wake_all(self) -> None:
+        events, self._events = self._events, {}
+        for ev in events.values():
+            ev.set()
+
     def notify(self, users: set[int]) -> None:
         if self._loop is None:
             return
         if self._loop.is_closed():
             return
         self._loop.call_soon_threadsafe(self._wake, set(users))
+
+    def notify_all(self) -> None:
+        """Wake every waiting reader (after a gap in the news from other server processes)."""
+        if self._loop is None or self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._wake_all)

@@ -1,14 +1,68 @@
-"""Shared fixtures: real server processes on loopback, and users on them."""
+"""Shared fixtures: real server processes on loopback, and users on them.
+
+DRIVE_TEST_BACKEND picks what every server runs on: `embedded` (default: SQLite and a blob folder in its
+data directory) or `scaled` (PostgreSQL and SeaweedFS's S3, one of each for the session, a database and a
+key prefix per server). Tests marked `embedded_only` look into the embedded files and skip when scaled;
+tests marked `needs_scaled` need PostgreSQL and S3 and skip when embedded.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+import tests.fixtures.server as server_fixture
+from tests.fixtures.scaled import ScaledBackend
 from tests.fixtures.server import ServerProcess
+
+BACKEND = os.environ.get("DRIVE_TEST_BACKEND", "embedded")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if BACKEND not in ("embedded", "scaled"):
+        raise pytest.UsageError(f"DRIVE_TEST_BACKEND={BACKEND!r}: use embedded or scaled")
+    config.addinivalue_line("markers", "embedded_only: looks into SQLite or the blob folder (skipped when scaled)")
+    config.addinivalue_line("markers", "needs_scaled: needs PostgreSQL and S3 (run with DRIVE_TEST_BACKEND=scaled)")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"drivefs test backend: {BACKEND} (DRIVE_TEST_BACKEND)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if BACKEND == "scaled" and item.get_closest_marker("embedded_only"):
+            item.add_marker(pytest.mark.skip(reason="embedded backend only (SQLite, the server's own blob URLs)"))
+        if BACKEND == "embedded" and item.get_closest_marker("needs_scaled"):
+            item.add_marker(pytest.mark.skip(reason="needs PostgreSQL and S3: run with DRIVE_TEST_BACKEND=scaled"))
+
+
+@pytest.fixture(scope="session")
+def scaled_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaledBackend]:
+    """The session's PostgreSQL and SeaweedFS, started on first use and always stopped."""
+    backend = ScaledBackend(tmp_path_factory.mktemp("scaled"))
+    try:
+        yield backend
+    finally:
+        backend.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _servers_on_backend(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With DRIVE_TEST_BACKEND=scaled, every server process of the session runs on the scaled backend."""
+    if BACKEND != "scaled":
+        yield
+        return
+    backend: ScaledBackend = request.getfixturevalue("scaled_backend")
+    server_fixture.provision = backend.provision
+    try:
+        yield
+    finally:
+        server_fixture.provision = None
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,21 @@ from ..store.metadata import ChunkInfo
 
 
 class BlobStore(Protocol):
-    """Holds chunk objects named by the SHA-256 of their plain bytes."""
+    """Holds chunk objects named by the SHA-256 of their plain bytes.
+
+    `confirms`: whether uploads land in a staging area the server must check before the chunk counts
+    (an S3 store: the client POSTs /chunks/confirm after its PUT), or are verified on arrival (the local
+    store, whose PUT the server handles itself). `write` only ever receives verified bytes.
+    """
+
+    confirms: bool
 
     def upload_url(self, chunk: models.UploadChunk, user_id: int) -> models.SignedUrl: ...
     def download_url(self, info: ChunkInfo, user_id: int) -> models.SignedUrl: ...
+    def read_staged(self, user_id: int, chunk: models.UploadChunk) -> bytes | None: ...
+    def discard_staged(self, user_id: int, chunk: models.UploadChunk) -> None: ...
+    def write(self, hash_: str, encoding: str, data: bytes) -> None: ...
+    def exists(self, hash_: str, encoding: str) -> bool: ...
 
 
 def verify_chunk(hash_: str, encoding: str, size: int, stored: bytes) -> None:

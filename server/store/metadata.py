@@ -33,7 +33,7 @@ from ..errors import (
     VersionConflict,
 )
 from .db import Database, Tx
-from .schema import SCHEMA_VERSION, schema_statements
+from .schema import migrate
 
 _NODE_COLS = (
     "n.id, n.parent_id, u.name, n.name, n.kind, n.mode, n.mtime_ns, n.ctime_ns, n.size, n.version,"
@@ -125,13 +125,9 @@ class MetadataStore:
     # ---- setup -------------------------------------------------------------------------------
 
     def init_schema(self) -> None:
+        """Create or upgrade the schema (idempotent; see schema.migrate)."""
         with self.db.transaction(write=True) as tx:
-            for stmt in schema_statements(self.db.dialect):
-                tx.execute(stmt)
-            tx.execute(
-                "INSERT INTO meta(key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING",
-                (str(SCHEMA_VERSION),),
-            )
+            migrate(tx, self.db.dialect)
 
     @contextmanager
     def _write(self) -> Iterator[_Writer]:

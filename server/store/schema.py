@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 SCHEMA_VERSION = 1
 
 _TYPES = {
@@ -90,10 +93,10 @@ CREATE TABLE IF NOT EXISTS chunks (
     created_ns {big} NOT NULL
 );
 
--- The chunks a user has shown they can read: uploaded and verified, or part of a version they
--- committed or were given download URLs for. Dedupe ("which chunks do you lack") and the check that a
--- commit only names chunks its author holds are answered from here, so they never reveal or hand
--- over another user's content.
+-- The chunks a user has shown they hold: uploaded by them and verified. Dedupe ("which chunks do you
+-- lack") and the check that a commit only names chunks its author holds are answered from here, so
+-- they never reveal or hand over another user's content. (A share recipient who saves a copy of a
+-- shared file uploads its chunks once; the blob store still keeps one copy.)
 CREATE TABLE IF NOT EXISTS user_chunks (
     user_id {big} NOT NULL,
     hash TEXT NOT NULL,
@@ -149,3 +152,29 @@ def schema_statements(dialect: str) -> list[str]:
     """The schema as SQL statements for `dialect` ('sqlite' or 'postgresql'), comments removed."""
     code = "\n".join(line for line in _SCHEMA.splitlines() if not line.lstrip().startswith("--"))
     return [stmt.strip() for stmt in code.format(**_TYPES[dialect]).split(";") if stmt.strip()]
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer server than this one."""
+
+
+# MIGRATIONS[v] gives the statements that turn a version v-1 database into version v (version 0 = empty).
+# A new version appends an entry here and raises SCHEMA_VERSION; _SCHEMA above stays the version-1 baseline.
+MIGRATIONS: dict[int, Callable[[str], list[str]]] = {1: schema_statements}
+
+
+def migrate(tx: Any, dialect: str) -> int:
+    """Bring the database to SCHEMA_VERSION inside `tx`, a write transaction (so concurrent starts of several
+    server processes migrate once). Idempotent. Returns the version found (0 for an empty database)."""
+    tx.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    row = tx.one("SELECT value FROM meta WHERE key = 'schema_version'")
+    found = int(row[0]) if row else 0
+    if found > SCHEMA_VERSION:
+        raise SchemaTooNew(f"the database has schema version {found}; this server knows up to {SCHEMA_VERSION}: "
+                           "upgrade the server")
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        for stmt in MIGRATIONS[version](dialect):
+            tx.execute(stmt)
+    tx.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)"
+               " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
+    return found

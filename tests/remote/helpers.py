@@ -23,9 +23,8 @@ def write_random(path: Path, size: int, seed: int | None = None) -> Path:
 
 
 def blob_files(server: ServerProcess) -> dict[str, int]:
-    """Chunk files the server's local blob store holds: file name -> size on disk."""
-    root = server.data_dir / "blobs"
-    return {p.name: p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.name.startswith(".tmp")}
+    """Chunks the server's blob store holds (its folder or its S3 bucket): <hash>[.zst] -> stored size."""
+    return server.blob_objects()
 
 
 def same_file(a: Path, b: Path) -> bool:

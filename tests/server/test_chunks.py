@@ -18,6 +18,7 @@ def _spec(data: bytes, stored: bytes | None = None, encoding: str = "none") -> d
     return {"hash": sha(data), "size": len(data), "stored_size": len(stored), "encoding": encoding}
 
 
+@pytest.mark.embedded_only  # the server's own blob URLs (S3: tests/scaled)
 def test_upload_protocol(alice):
     a, b = random_chunks(2, 5000)
     hashes = [sha(a), sha(b)]
@@ -35,6 +36,7 @@ def test_upload_protocol(alice):
     assert alice.put(urls[1], b).status_code == 201
 
 
+@pytest.mark.embedded_only  # the server's own blob URLs (S3: tests/scaled)
 def test_zstd_chunks_are_stored_encoded_and_served_with_their_encoding(alice):
     plain = (b"compressible text " * 20000)[:300_000] + os.urandom(16)
     packed = zstandard.ZstdCompressor(level=3).compress(plain)
@@ -60,6 +62,7 @@ def test_uncompressed_chunk_must_announce_equal_sizes(alice):
     error_of(alice.post("/chunks/upload-urls", {"chunks": [{**_spec(a), "size": 4 * 2**20 + 1}]}), 422, "invalid")
 
 
+@pytest.mark.embedded_only  # the server's own blob URLs (S3: tests/scaled)
 def test_put_with_wrong_bytes_is_rejected_and_not_counted(alice):
     a, other = random_chunks(2, 2000)
     (url,) = alice.upload_urls([a])
@@ -72,6 +75,7 @@ def test_put_with_wrong_bytes_is_rejected_and_not_counted(alice):
     assert error_of(r, 409, "missing_chunks")["details"]["missing"] == [sha(a)]
 
 
+@pytest.mark.embedded_only  # the server's own blob URLs (S3: tests/scaled)
 def test_zstd_put_is_verified_after_decoding(alice):
     plain = b"abc" * 1000
     wrong = zstandard.ZstdCompressor().compress(b"abd" * 1000)
@@ -91,8 +95,7 @@ def test_dedupe_is_per_user_and_never_leaks(alice, bob):
     assert error_of(bob.post("/files", commit), 409, "missing_chunks")["details"]["missing"] == [sha(x)]
     error_of(bob.post("/chunks/download-urls", {"node_id": bob.root, "version": 1, "hashes": [sha(x)]}), 404)
     # once bob proves he has the bytes by uploading them, he may use the chunk
-    (url,) = bob.upload_urls([x])
-    assert bob.put(url, x).status_code == 201
+    bob.upload([x])
     assert bob.missing([sha(x)]) == []
     f = ok(bob.post("/files", commit))
     assert bob.read(f["id"]) == x
@@ -126,6 +129,7 @@ def _with(url: str, path: str | None = None, **changes: str) -> str:
     return f"{path or parts.path}?{urlencode(query)}"
 
 
+@pytest.mark.embedded_only  # the server's own blob URLs (S3: tests/scaled)
 def test_tampered_blob_urls_are_refused(alice):
     a, b = random_chunks(2, 3000)
     f = alice.commit(alice.root, "f", [a])
@@ -156,6 +160,7 @@ def test_tampered_blob_urls_are_refused(alice):
     assert alice.blob.get(get["url"]).content == a
 
 
+@pytest.mark.embedded_only  # the server's own blob URLs (S3: tests/scaled)
 def test_blob_urls_expire(server_with):
     srv = server_with("--url-ttl", "2")
     d = drive_on(srv)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sqlite3
 import time
 
+import pytest
+
 from tests.server.conftest import API, drive_on, error_of, ok, random_chunks, sha, unique
 
 
@@ -81,6 +83,7 @@ def test_children_of_a_file_is_not_a_folder(mod_drive, home):
     error_of(mod_drive.get(f"/nodes/{f['id']}/children"), 409, "not_dir")
 
 
+@pytest.mark.embedded_only  # writes into the SQLite file
 def test_folder_of_100k_entries(fresh_server):
     """Listing and paging a folder of 100,000 entries.
 
