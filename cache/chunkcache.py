@@ -114,18 +114,33 @@ class ChunkCache:
         # The LRU clock continues from the index so that order survives a restart.
         self._clock = index.conn.execute("SELECT COALESCE(MAX(last_access), 0) FROM cached_chunks").get
 
-    def put(self, hash: str, data: bytes, *, durable: bool = False) -> None:
+    def put(self, hash: str, data: bytes, *, durable: bool = False, verified: bool = False) -> None:
         """Store a chunk (ValueError if `data` does not hash to `hash`) and count it as just used.
 
         durable=True fsyncs the file: use it when the chunk is the only copy of not-yet-uploaded data.
+        verified=True skips the hash check: only for bytes the caller has just checked against `hash`.
         """
         with self.index.transaction() as conn:
-            self.store.put(hash, data, durable=durable)
-            conn.execute(
-                "INSERT INTO cached_chunks(hash, size, last_access) VALUES (?, ?, ?)"
-                " ON CONFLICT(hash) DO UPDATE SET size = excluded.size, last_access = excluded.last_access",
-                (hash, len(data), self._tick()),
-            )
+            self.store.put(hash, data, durable=durable, verified=verified)
+            self._record(conn, hash, len(data))
+
+    def store_file(self, hash: str, data: bytes, *, verified: bool = False) -> None:
+        """The file half of put(): writes the chunk file and touches no index, so it may run in a worker
+        thread while the index is in use elsewhere (an apsw connection refuses to be used from two
+        threads at once). Follow it with record() on the thread that owns the index."""
+        self.store.put(hash, data, verified=verified)
+
+    def record(self, hash: str, size: int) -> None:
+        """The index half of put(): list a chunk file that store_file() wrote, as just used."""
+        with self.index.transaction() as conn:
+            self._record(conn, hash, size)
+
+    def _record(self, conn: apsw.Connection, hash: str, size: int) -> None:
+        conn.execute(
+            "INSERT INTO cached_chunks(hash, size, last_access) VALUES (?, ?, ?)"
+            " ON CONFLICT(hash) DO UPDATE SET size = excluded.size, last_access = excluded.last_access",
+            (hash, size, self._tick()),
+        )
 
     def get(self, hash: str) -> bytes | None:
         """The verified bytes of a chunk, or None if it must be fetched (missing or found corrupt)."""

@@ -31,6 +31,9 @@ MAX_CHUNK = 4 * 1024 * 1024
 _NORMALIZED_CHUNKING = 1
 _GEAR_SEED = 0
 
+# Streams up to this size are read whole and cut in memory (the stream cutter's own buffer is as big).
+_WHOLE_LIMIT = 2 * MAX_CHUNK
+
 _HASH_HEX_LEN = 64
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
@@ -71,10 +74,54 @@ def chunk_stream(f: BinaryIO) -> Iterator[tuple[ChunkRef, bytes]]:
     reads) whenever less than MAX_CHUNK is left, so every cut decision sees the same bytes however the
     stream happens to split its reads: the result depends only on the content.
     """
-    for chunk in _new_cutter().cut_stream(f):
+    # The stream cutter allocates and zeroes a buffer of 2 * MAX_CHUNK every time, which was most of the
+    # cost of syncing a small file. A stream that fits in that buffer is cut from memory instead (the
+    # same cut points: they depend only on the content), and one of at most MIN_CHUNK bytes is a single
+    # chunk whatever its content (FastCDC never cuts below its minimum).
+    head = _read_up_to(f, _WHOLE_LIMIT + 1)
+    if len(head) <= MIN_CHUNK:
+        if head:
+            yield ChunkRef(offset=0, size=len(head), hash=hash_bytes(head)), head
+        return
+    chunks = _new_cutter().cut_buf(head) if len(head) <= _WHOLE_LIMIT else \
+        _new_cutter().cut_stream(_Prefixed(head, f))
+    for chunk in chunks:
         # The memoryview points into pyfastcdc's buffer and is overwritten by the next chunk: copy it.
         data = bytes(chunk.data)
         yield ChunkRef(offset=chunk.offset, size=len(data), hash=hash_bytes(data)), data
+
+
+def _read_up_to(f: BinaryIO, n: int) -> bytes:
+    """Up to `n` bytes, fewer only at the end of the stream (short reads are retried)."""
+    parts, got = [], 0
+    while got < n:
+        part = f.read(n - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+class _Prefixed:
+    """A stream that yields `head` and then the rest of `rest` (for cutting a stream whose start was read)."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readinto(self, buf: memoryview) -> int:
+        if self._head:
+            n = min(len(buf), len(self._head))
+            buf[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        readinto = getattr(self._rest, "readinto", None)
+        if readinto is not None:
+            return readinto(buf) or 0
+        data = self._rest.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
 
 
 def chunk_file(path: str | os.PathLike[str]) -> Iterator[tuple[ChunkRef, bytes]]:

@@ -58,14 +58,16 @@ class ChunkStore:
     def exists(self, hash: str) -> bool:
         return self.path(hash).is_file()
 
-    def put(self, hash: str, data: bytes, *, durable: bool = False) -> None:
+    def put(self, hash: str, data: bytes, *, durable: bool = False, verified: bool = False) -> None:
         """Store `data` as chunk `hash` atomically; ValueError if the bytes do not match the name.
 
         By default there is no fsync: a re-fetchable chunk lost to a power cut is only a cache miss,
         and the rename never exposes a half-written file under the chunk's name. Pass durable=True
-        when this file is the only copy (dirty data not yet uploaded).
+        when this file is the only copy (dirty data not yet uploaded). Pass verified=True only when the
+        caller has just checked that `data` hashes to `hash` (e.g. a chunk just downloaded): it is not
+        hashed again, and the new file counts as verified, so its first read is not hashed either.
         """
-        if hash_bytes(data) != hash:
+        if not verified and hash_bytes(data) != hash:
             raise ValueError(f"chunk data does not match its hash {hash}")
         target = self.path(hash)
         target.parent.mkdir(exist_ok=True)
@@ -73,15 +75,18 @@ class ChunkStore:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                f.flush()
                 if durable:
-                    f.flush()
                     os.fsync(f.fileno())
+                identity = self._identity(hash, f.fileno())
             os.replace(tmp, target)
         except BaseException:
             _unlink_quietly(Path(tmp))
             raise
         if durable:
             _fsync_dir(target.parent)
+        if verified:
+            self._remember(identity)
 
     def get(self, hash: str) -> bytes | None:
         """The chunk's bytes, or None if absent or corrupt (a corrupt file is deleted: refetch it)."""

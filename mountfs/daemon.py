@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import signal
 import sys
 from collections import namedtuple
@@ -86,9 +87,11 @@ class Mount:
     def _wake(self) -> None:
         self.syncer.wake()
 
-    async def _fetch(self, node_id: int, version: int, chunks: Sequence[tuple[str, int]]) -> None:
+    async def _fetch(self, node_id: int, version: int, chunks: Sequence[tuple[str, int]],
+                     on_chunk: Callable[[str], None] | None = None) -> None:
+        # keep=False: the reader takes the bytes from the chunk cache, so none are held here.
         await self.transfer.download_chunks(node_id, version, [_Chunk(h, n) for h, n in chunks],
-                                            chunk_cache=self.chunks)
+                                            chunk_cache=self.chunks, on_chunk=on_chunk, keep=False)
 
     async def connect(self) -> None:
         """Learn the drive's root; with the server away, start from the cached tree if there is one."""
@@ -192,6 +195,7 @@ class Mount:
                 await nursery.start(ControlServer(self.cfg.control_socket, self).serve)
                 nursery.start_soon(self.evict_loop)
                 nursery.start_soon(self._signals)
+                nursery.start_soon(trio.to_thread.run_sync, _raise_readahead, self.cfg.mountpoint)
                 ready()
                 log.info("mounted %s for %s at %s", self.cfg.mountpoint, self.cfg.user, self.cfg.server)
                 await pyfuse3.main()
@@ -221,6 +225,53 @@ class Mount:
 
 async def _ignore_progress(_: dict) -> None:
     return None
+
+
+# Kernel read-ahead for the mount: FUSE starts at 128 KiB, so a sequential read reaches the daemon as
+# 128 KiB requests; 1 MiB ones cost an eighth of the per-request work (about twice the throughput
+# from the chunk cache here). Only root may raise it; otherwise this is skipped.
+READ_AHEAD_KB = 1024
+
+
+def _raise_readahead(mountpoint: str) -> None:
+    """Raise the mount's read-ahead to READ_AHEAD_KB when permitted (root); best effort, never fails.
+
+    The device is found in /proc/self/mountinfo, not by stat()ing the mount point, which would wait for
+    this very daemon."""
+    # Symlinks resolved in the parent only: resolving the mount point itself would ask this daemon.
+    target = os.path.abspath(mountpoint)
+    target = os.path.join(os.path.realpath(os.path.dirname(target)), os.path.basename(target))
+    dev = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                # Field 5 is the mount point, with spaces and the like escaped as \ooo.
+                if len(fields) > 4 and re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4]) == target:
+                    dev = fields[2]
+        if dev is None:
+            return
+        path = f"/sys/class/bdi/{dev}/read_ahead_kb"
+        with open(path) as f:
+            if int(f.read()) >= READ_AHEAD_KB:
+                return
+        with open(path, "w") as f:
+            f.write(f"{READ_AHEAD_KB}\n")
+        log.info("kernel read-ahead of %s raised to %d KiB", mountpoint, READ_AHEAD_KB)
+    except (OSError, ValueError) as e:
+        log.debug("kernel read-ahead of %s left as it is: %s", mountpoint, e)
+
+
+def _tune_malloc() -> None:
+    """Serve big allocations (chunks of up to 4 MiB, FUSE request buffers) from mmap and give them back
+    when freed. glibc's default threshold rises after the first big free, after which they come from the
+    heap, whose holes keep the resident size near its peak (tens of MB more). glibc only."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def _invalidate_inode(inode: int) -> None:
@@ -269,6 +320,7 @@ def run(cfg: MountConfig, ready: Callable[[], None], fail: Callable[[str], None]
 
 def run_foreground(cfg: MountConfig) -> int:
     """`drive mount --foreground`: log to the terminal too, and run until unmounted or interrupted."""
+    _tune_malloc()
     _setup_logging(cfg, to_stderr=True)
     return run(cfg, lambda: print(f"mounted {cfg.mountpoint} (log: {cfg.log_path}); Ctrl-C unmounts", flush=True),
                lambda msg: print(f"drive: {msg}", file=sys.stderr))
@@ -276,6 +328,7 @@ def run_foreground(cfg: MountConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _tune_malloc()
     cfg = MountConfig.load(argv[0])
     _setup_logging(cfg, to_stderr=False)
     fd = int(os.environ.pop("DRIVE_READY_FD", "-1"))

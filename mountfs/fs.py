@@ -10,6 +10,7 @@ import stat
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import apsw
 import pyfuse3
 
 from remote import errors as rerr
@@ -46,6 +47,11 @@ def _errno_edge(func: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]
         except OSError as e:
             log.warning("%s: local I/O failed: %s", func.__name__, e)
             raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except apsw.FullError:
+            # The cache's disk is full and the index cannot grow (its transaction was rolled back):
+            # that is ENOSPC to the program, as on any full disk, not an I/O error.
+            log.warning("%s: the cache disk is full", func.__name__)
+            raise pyfuse3.FUSEError(errno.ENOSPC) from None
         except Exception:
             log.exception("%s failed unexpectedly", func.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None

@@ -53,7 +53,9 @@ class FeedListener:
                 page = await self.remote.changes(cursor, limit=500, wait=wait)
                 failures = 0
                 self.online = True
-            except rerr.TransportFailure as e:
+            except (rerr.TransportFailure, rerr.ServerError) as e:
+                # Unreachable, or answering 5xx (restarting, behind a proxy, its database away): wait and
+                # retry. Letting a ServerError escape would end the nursery and with it the whole mount.
                 failures += 1
                 self.online = False
                 log.warning("changes feed unreachable (%s); retrying", e)

@@ -19,8 +19,9 @@ from .errors import FsError
 
 log = logging.getLogger("drivefs.reader")
 
-# fetch(node_id, version, chunks) downloads and verifies those (hash, size) chunks into the chunk cache.
-Fetch = Callable[[int, int, Sequence[tuple[str, int]]], Awaitable[None]]
+# fetch(node_id, version, chunks, on_chunk) downloads and verifies those (hash, size) chunks into the chunk
+# cache, calling on_chunk(hash) as each one is stored there.
+Fetch = Callable[[int, int, Sequence[tuple[str, int]], Callable[[str], None]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class Reader:
         self.nursery: trio.Nursery | None = None
         self._layouts: LRUCache[tuple[int, int], Layout] = LRUCache(maxsize=512)
         self._inflight: dict[str, trio.Event] = {}
+        # (inode, version) -> the chunk index read-ahead was last planned from (once per chunk, not per read).
+        self._ahead_at: LRUCache[tuple[int, int], int] = LRUCache(maxsize=512)
 
     async def layout(self, e: Entry, version: int | None = None) -> Layout:
         """The chunk layout of `version` (default: the entry's current one)."""
@@ -105,48 +108,70 @@ class Reader:
                     raise FsError(errno.EIO, f"chunk {layout.hashes[i][:12]} of {e.name!r} cannot be read")
             out += part
         if sequential and self.nursery is not None and span:
-            ahead = range(span[-1] + 1, min(span[-1] + 1 + self.readahead_chunks, len(layout.hashes)))
-            wanted = list({layout.hashes[i]: layout.sizes[i] for i in ahead if self._absent(layout.hashes[i])}.items())
-            if wanted:
-                for h, _ in wanted:
-                    self._inflight[h] = trio.Event()
-                self.nursery.start_soon(self._prefetch, e, layout.version, wanted)
+            self._read_ahead(e, layout, span[-1])
         return bytes(out)
+
+    def _read_ahead(self, e: Entry, layout: Layout, last: int) -> None:
+        """Keep the `readahead_chunks` chunks after chunk `last` cached or on their way.
+
+        Planned once per chunk a sequential reader moves into (not on every kernel read), and started in
+        batches of at least half the window (one request for signed URLs, then parallel GETs), so a
+        steady pipeline of fetches stays ahead of the reader.
+        """
+        key = (e.inode, layout.version)
+        if self._ahead_at.get(key) == last:
+            return
+        self._ahead_at[key] = last
+        end = min(last + 1 + self.readahead_chunks, len(layout.hashes))
+        wanted: dict[str, int] = {}
+        for i in range(last + 1, end):
+            h = layout.hashes[i]
+            if h not in wanted and self._absent(h):
+                wanted[h] = layout.sizes[i]
+        if not wanted or (len(wanted) < max(1, self.readahead_chunks // 2) and end < len(layout.hashes)):
+            return
+        mine = {h: trio.Event() for h in wanted}
+        self._inflight.update(mine)
+        assert self.nursery is not None
+        self.nursery.start_soon(self._prefetch, e, layout.version, list(wanted.items()), mine)
 
     def _absent(self, h: str) -> bool:
         return h not in self._inflight and h not in self.chunks
 
-    async def _prefetch(self, e: Entry, version: int, chunks: list[tuple[str, int]]) -> None:
+    def _settle(self, h: str, ev: trio.Event | None) -> None:
+        """A fetch of chunk `h` ended (stored or failed): wake its waiters, if the event is still ours."""
+        if ev is not None and self._inflight.get(h) is ev:
+            del self._inflight[h]
+            ev.set()
+
+    async def _prefetch(self, e: Entry, version: int, chunks: list[tuple[str, int]],
+                        mine: dict[str, trio.Event]) -> None:
         try:
             assert e.node_id is not None
-            await self.fetch(e.node_id, version, chunks)
+            await self.fetch(e.node_id, version, chunks, lambda h: self._settle(h, mine.get(h)))
         except Exception as exc:  # read-ahead is best effort; the real read reports errors
             log.debug("read-ahead of %r failed: %s", e.name, exc)
         finally:
-            for h, _ in chunks:
-                ev = self._inflight.pop(h, None)
-                if ev is not None:
-                    ev.set()
+            for h, ev in mine.items():
+                self._settle(h, ev)
 
     async def _ensure(self, e: Entry, layout: Layout, indices: list[int]) -> None:
         """Make sure these chunks are in the cache, sharing fetches already under way."""
         chunks = {layout.hashes[i]: layout.sizes[i] for i in indices}
         waits = [self._inflight[h] for h in chunks if h in self._inflight]
-        mine = [(h, n) for h, n in chunks.items() if h not in self._inflight and h not in self.chunks]
-        for h, _ in mine:
-            self._inflight[h] = trio.Event()
+        mine = {h: trio.Event() for h in chunks if h not in self._inflight and h not in self.chunks}
+        self._inflight.update(mine)
         try:
             if mine:
                 if e.node_id is None:
                     raise FsError(errno.EIO, f"{e.name!r} has no server copy to read")
                 try:
-                    await self.fetch(e.node_id, layout.version, mine)
+                    await self.fetch(e.node_id, layout.version, [(h, chunks[h]) for h in mine],
+                                     lambda h: self._settle(h, mine.get(h)))
                 except rerr.RemoteError as exc:
                     raise FsError(errno.EIO, f"cannot fetch data of {e.name!r}: {exc}") from None
         finally:
-            for h, _ in mine:
-                ev = self._inflight.pop(h, None)
-                if ev is not None:
-                    ev.set()
+            for h, ev in mine.items():
+                self._settle(h, ev)
         for ev in waits:
             await ev.wait()

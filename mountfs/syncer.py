@@ -229,7 +229,16 @@ class Syncer:
         self.tree.update(e.inode, node_id=node.id, owner=node.owner, access=node.access)
 
     async def _create_symlink(self, e: Entry, op: Op, parent_id: int) -> None:
-        node = await self.remote.create_symlink(parent_id, op.name, e.target or "", mtime_ns=e.mtime_ns)
+        try:
+            node = await self.remote.create_symlink(parent_id, op.name, e.target or "", mtime_ns=e.mtime_ns)
+        except rerr.Exists as exc:
+            # Our earlier attempt whose answer was lost (or the same link made elsewhere): the same link
+            # is already there, so take it; refusing would leave the local link without a server id.
+            if exc.details.get("kind") != "symlink":
+                raise
+            node = await self.remote.get_node(exc.details["node_id"])
+            if node.target != (e.target or ""):
+                raise
         self.tree.update(e.inode, node_id=node.id, owner=node.owner, access=node.access)
 
     async def _create_create(self, e: Entry, op: Op, parent_id: int) -> None:
@@ -256,12 +265,30 @@ class Syncer:
                         self.tree.update(e.inode, node_id=node.id, version=node.version, owner=node.owner,
                                          access=node.access)
                 break
-            except rerr.Exists:
+            except rerr.Exists as exc:
+                if await self._adopt_own_create(e, exc):
+                    break
                 # Another device created the same name meanwhile: ours becomes a conflicted copy.
                 name = conflict_name(wanted, self.device, date.today(), n)
                 log.warning("%r already exists on the server; keeping the local file as %r", wanted, name)
                 self.tree.update(e.inode, name=name)
                 self.vfs.invalidate(e.inode, e.parent_inode, wanted)
+
+    async def _adopt_own_create(self, e: Entry, exc: rerr.Exists) -> bool:
+        """Whether the file in the way is this device's own earlier create whose answer was lost (a
+        direct commit is not retried, so its retry meets the file it made: one empty version, made by
+        this device). If so it becomes this inode's node and the content follows as a normal commit;
+        otherwise it would be taken for another device's file and ours renamed to a conflicted copy."""
+        node_id = exc.details.get("node_id")
+        if exc.details.get("kind") != "file" or node_id is None:
+            return False
+        versions = await self.remote.versions(node_id)
+        if len(versions) != 1 or versions[0].device != self.device or versions[0].size != 0:
+            return False
+        node = await self.remote.get_node(node_id)
+        self.tree.update(e.inode, node_id=node.id, version=node.version, owner=node.owner, access=node.access)
+        log.info("%r was created by an earlier attempt whose answer was lost; taking that node", e.name)
+        return True
 
     async def _rename(self, e: Entry, op: Op) -> None:
         parent_id = self._node_id(op.parent_inode)
@@ -270,7 +297,13 @@ class Syncer:
         target = self.tree.get(op.other_inode) if op.other_inode is not None else None
         if e.kind == "file" and e.dirty and target is not None and target.node_id is not None:
             await self.upload_content(self.tree.get(e.inode) or e)  # the save-over must carry the new bytes
-        node = await self.remote.move(e.node_id, parent_id, op.name, replace=True)
+        try:
+            node = await self.remote.move(e.node_id, parent_id, op.name, replace=True)
+        except rerr.NotFound:
+            saved = await self._save_over_went_through(e.inode, target, parent_id, op.name)
+            if saved is None:
+                raise
+            node = saved
         if node.id != e.node_id:
             # Saved over an existing file: the server kept the target's id, shares and history.
             with self.tree.index.transaction():
@@ -278,6 +311,32 @@ class Syncer:
                     self.tree.update(target.inode, node_id=None)
                 self.tree.update(e.inode, node_id=node.id, version=node.version, content_hash=node.content_hash,
                                  owner=node.owner, access=node.access)
+
+    async def _save_over_went_through(self, inode: int, target: Entry | None, parent_id: int,
+                                      name: str | None) -> Any:
+        """The target node, if an earlier try of this save-over was applied and its answer lost.
+
+        The server folds the moved file into the target (which keeps its id), so the retried move finds
+        the moved node gone. Without this the op would be dropped as refused while the local row keeps
+        the dead id, and the next edit would 're-create' the file beside the target as a conflicted copy.
+        It went through if the target is still at that name and its newest version is this device's,
+        with the moved file's content.
+        """
+        e = self.tree.get(inode)
+        if e is None or e.kind != "file" or e.content_hash is None or target is None or target.node_id is None:
+            return None
+        try:
+            node = await self.remote.get_node(target.node_id)
+            versions = await self.remote.versions(target.node_id)
+        except rerr.NotFound:
+            return None
+        if node.deleted or node.parent_id != parent_id or node.name != name or not versions:
+            return None
+        newest = max(versions, key=lambda v: v.version)
+        if newest.device != self.device or newest.content_hash != e.content_hash:
+            return None
+        log.info("the save of %r over %r went through before its answer was lost", e.name, name)
+        return node
 
     # ---- file contents -------------------------------------------------------------------------
 

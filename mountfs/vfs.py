@@ -452,16 +452,24 @@ class Vfs:
         return self.getattr(inode)
 
     async def _truncate(self, e: Entry, size: int) -> None:
-        if size == 0:
-            path = self.tree.data_path(e.inode)
+        path = self.tree.data_path(e.inode)
+        if size == 0 and not e.local_data:
             with open(path, "wb"):
                 pass
-            if not e.local_data:
+            with self.tree.index.transaction():  # a new, empty local copy and dirty, at once
                 self.tree.update(e.inode, local_data=True)
-        else:
+                self._touched(e.inode)
+            return
+        if size != 0:
             await self.materialize(e)
-            os.truncate(self.tree.data_path(e.inode), size)
+        # Marked dirty before the local copy changes: killed in between, the index must not call a
+        # truncated copy clean (the mount would show the cut bytes and never upload them).
         self._touched(e.inode)
+        if size == 0:
+            with open(path, "wb"):
+                pass
+        else:
+            os.truncate(path, size)
 
     # ---- file contents -------------------------------------------------------------------------
 
@@ -517,12 +525,14 @@ class Vfs:
             await self.materialize(self.entry(h.inode))
             fd = self._fd(h)
             assert fd is not None
+        # Marked dirty before the bytes land: neither a kill in between nor an index that cannot record
+        # it (cache disk full: the write then fails with nothing written) leaves changed bytes clean.
+        self._touched(h.inode)
+        h.wrote = True
         try:
             n = os.pwrite(fd, data, offset)
         except OSError as e:
             raise FsError(e.errno or errno.EIO, f"writing the local copy failed: {e}") from None
-        h.wrote = True
-        self._touched(h.inode)
         return n
 
     def _touched(self, inode: int) -> None:
@@ -565,7 +575,8 @@ class Vfs:
         except FileNotFoundError:
             return
         gen = max(self.live_gen(inode), e.content_gen)
-        self.tree.update(inode, size=st.st_size, mtime_ns=st.st_mtime_ns, content_gen=gen)
+        if (e.size, e.mtime_ns, e.content_gen) != (st.st_size, st.st_mtime_ns, gen):  # e.g. release after flush
+            self.tree.update(inode, size=st.st_size, mtime_ns=st.st_mtime_ns, content_gen=gen)
 
     async def flush(self, fh: int) -> None:
         h = self.handle(fh)

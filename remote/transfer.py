@@ -36,6 +36,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -311,7 +312,9 @@ class Transfer:
 
         async with _workers() as nursery:
             refs_in, refs_out = trio.open_memory_channel[ChunkRef](0)
-            ready_in, ready_out = trio.open_memory_channel[_Prepared](workers)
+            # Prepared chunks wait here for their URLs: a small buffer keeps memory at a few chunks per
+            # worker (each PUT also holds a copy of its body inside h11 while it is sent).
+            ready_in, ready_out = trio.open_memory_channel[_Prepared](preparers)
             put_in, put_out = trio.open_memory_channel[tuple[_Prepared, SignedUrl]](0)
             nursery.start_soon(feed, refs_in)
             async with refs_out, ready_in:
@@ -333,11 +336,16 @@ class Transfer:
         chunk_cache: ChunkCache | None = None,
         concurrency: int | None = None,
         progress: Progress | None = None,
+        on_chunk: Callable[[str], None] | None = None,
+        keep: bool = True,
     ) -> dict[str, bytes]:
         """The verified plain bytes of these chunks of a version, by hash (held in memory: ask for a window).
 
         Chunks found in `chunk_cache` are not fetched; fetched ones are stored there. Raises
-        CorruptChunk if a chunk does not match its hash (after one refetch).
+        CorruptChunk if a chunk does not match its hash (after one refetch). `on_chunk(hash)` is called as
+        each chunk arrives (after it is in `chunk_cache`), so a reader need not wait for the whole window;
+        with keep=False the bytes are not collected (an empty dict is returned): memory stays bounded by
+        the chunks in flight, for callers that read them from `chunk_cache`.
         """
         out: dict[str, bytes] = {}
         sizes = {e.hash: e.size for e in entries}
@@ -346,10 +354,13 @@ class Transfer:
 
         async def deliver(h: str, data: bytes) -> None:
             nonlocal got
-            out[h] = data
+            if keep:
+                out[h] = data
             got += len(data)
             if progress is not None:
                 progress(got, total)
+            if on_chunk is not None:
+                on_chunk(h)
 
         await self._fetch(node_id, version, sizes, deliver, chunk_cache, concurrency or self.concurrency)
         return out
@@ -433,14 +444,18 @@ class Transfer:
             async with inp:
                 async for h, url in inp:
                     data = None
+                    # The chunk cache's index is used on this (trio) thread only: an apsw connection
+                    # raises ThreadingViolationError when two threads use it at once. Only the chunk
+                    # file is written in a worker thread.
                     if url is None and chunk_cache is not None:
-                        data = await trio.to_thread.run_sync(chunk_cache.get, h)
+                        data = chunk_cache.get(h)
                         if data is not None:
                             self._counters.chunks_from_cache += 1
                     if data is None:
                         data = await self._get_verified(node_id, version, h, sizes[h], url)
                         if chunk_cache is not None:
-                            await trio.to_thread.run_sync(chunk_cache.put, h, data)
+                            await trio.to_thread.run_sync(partial(chunk_cache.store_file, h, data, verified=True))
+                            chunk_cache.record(h, len(data))
                     await deliver(h, data)
 
         async with _workers() as nursery:

@@ -119,6 +119,19 @@ def test_same_bytes_give_same_chunks_whatever_the_read_sizes(tmp_path):
             assert got == expected, (reader_class.__name__, sizes)
 
 
+def test_small_and_in_memory_streams_cut_like_the_stream_cutter():
+    # chunk_stream takes streams of at most MIN_CHUNK whole and cuts those that fit its buffer from
+    # memory: the chunks must be exactly the stream cutter's, or dedupe against older uploads breaks.
+    from cache.chunker import _new_cutter
+
+    for size in (1, MIN_CHUNK, MIN_CHUNK + 1, 3 * MiB + 5, 2 * MAX_CHUNK, 2 * MAX_CHUNK + 1, 11 * MiB):
+        data = random_bytes(size, seed=size)
+        reference = [ChunkRef(c.offset, len(c.data), hash_bytes(bytes(c.data)))
+                     for c in _new_cutter().cut_stream(io.BytesIO(data))]
+        assert [ref for ref, _part in chunks_of(data)] == reference, size
+        assert [ref for ref, _part in chunk_stream(ShortReader(data, [65_537]))] == reference, size
+
+
 def test_inserting_one_byte_changes_only_the_chunks_around_it():
     data = random_bytes(64 * MiB, seed=5)
     middle = len(data) // 2
