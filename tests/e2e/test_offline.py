@@ -35,7 +35,7 @@ def test_offline_edits_queue_and_converge(two_devices_own_server):
     srv.start()
     eventually(lambda: read_or_none(b.path / "offline.txt") == b"written offline", timeout=30, what="B converges")
     eventually(lambda: read_or_none(b.path / "dir" / "kept.txt") == b"cached", timeout=10, what="rename on B")
-    assert (b.path / "dir" / "new").is_dir()
+    eventually(lambda: (b.path / "dir" / "new").is_dir(), timeout=10, what="mkdir on B")
     assert not (b.path / "keep.txt").exists()
 
 
