@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import os
 import stat
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import stat
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -240,7 +239,7 @@ class Vfs:
                              content_hash=node.content_hash)
 
     async def readdir(self, inode: int, after: int) -> list[Entry]:
-        folder = self._dir(inode)
+        self._dir(inode)
         if inode == SHARED_INODE and after == 0:
             self.tree.update(SHARED_INODE, listed=False)
         await self.ensure_listed(self.entry(inode))

@@ -17,6 +17,7 @@ import pytest
 
 import tests.fixtures.server as server_fixture
 from tests.fixtures.scaled import ScaledBackend
+from tests.fixtures.mount import MountProcess
 from tests.fixtures.server import ServerProcess
 
 BACKEND = os.environ.get("DRIVE_TEST_BACKEND", "embedded")
@@ -91,10 +92,8 @@ def user(server: ServerProcess) -> Iterator[tuple[str, httpx.Client]]:
 
 
 @pytest.fixture
-def mount(server: ServerProcess, tmp_path: Path) -> Iterator["MountProcess"]:
+def mount(server: ServerProcess, tmp_path: Path) -> Iterator[MountProcess]:
     """A mounted drive of a new user on the session's server."""
-    from tests.fixtures.mount import MountProcess
-
     name, token = server.add_user()
     m = MountProcess(server, name, token, tmp_path / "m")
     m.mount()
@@ -102,9 +101,7 @@ def mount(server: ServerProcess, tmp_path: Path) -> Iterator["MountProcess"]:
     m.cleanup()
 
 
-def _two_mounts(srv: ServerProcess, root: Path) -> Iterator[tuple["MountProcess", "MountProcess"]]:
-    from tests.fixtures.mount import MountProcess
-
+def _two_mounts(srv: ServerProcess, root: Path) -> Iterator[tuple[MountProcess, MountProcess]]:
     name, token = srv.add_user()
     a = MountProcess(srv, name, token, root / "a", device="deviceA")
     b = MountProcess(srv, name, token, root / "b", device="deviceB")
@@ -118,22 +115,20 @@ def _two_mounts(srv: ServerProcess, root: Path) -> Iterator[tuple["MountProcess"
 
 
 @pytest.fixture
-def two_devices(server: ServerProcess, tmp_path: Path) -> Iterator[tuple["MountProcess", "MountProcess"]]:
+def two_devices(server: ServerProcess, tmp_path: Path) -> Iterator[tuple[MountProcess, MountProcess]]:
     """Two mounts of one account on this machine, each with its own cache and device name."""
     yield from _two_mounts(server, tmp_path)
 
 
 @pytest.fixture
-def two_devices_own_server(fresh_server: ServerProcess, tmp_path: Path) -> Iterator[tuple["MountProcess", "MountProcess"]]:
+def two_devices_own_server(fresh_server: ServerProcess, tmp_path: Path) -> Iterator[tuple[MountProcess, MountProcess]]:
     """Two devices on a server of the test's own, which the test may stop and start."""
     yield from _two_mounts(fresh_server, tmp_path)
 
 
 @pytest.fixture
-def owner_and_recipient(server: ServerProcess, tmp_path: Path) -> Iterator[tuple["MountProcess", "MountProcess"]]:
+def owner_and_recipient(server: ServerProcess, tmp_path: Path) -> Iterator[tuple[MountProcess, MountProcess]]:
     """Two users, each with their own mounted drive."""
-    from tests.fixtures.mount import MountProcess
-
     mounts = []
     try:
         for who in ("owner", "recipient"):

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 
-import httpx
 import pytest
 
 
@@ -62,7 +61,7 @@ def test_rename_over_and_noreplace(mount):
     os.replace(a, b)
     assert b.read_text() == "new" and not a.exists()
     a.write_text("again")
-    r = subprocess.run(["mv", "--no-clobber", str(a), str(b)], capture_output=True)
+    subprocess.run(["mv", "--no-clobber", str(a), str(b)], capture_output=True)
     assert b.read_text() == "new" and a.exists()
     mount.flush()
     assert server_file(mount, "b.txt") == b"new"

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.server.conftest import API, drive_on, error_of, ok, random_chunks, sha, unique
+from tests.server.conftest import API, drive_on, error_of, ok, random_chunks, sha
 
 
 # ---- me, resolve, nodes ---------------------------------------------------------------------------
