@@ -333,24 +333,23 @@ class Vfs:
         self.wake_syncer()
         return handle, e
 
-    async def unlink(self, parent_inode: int, raw: bytes) -> None:
+    async def _child_to_remove(self, parent_inode: int, raw: bytes) -> Entry:
         parent = self._writable_dir(parent_inode)
         name = existing_name(raw)
         await self.ensure_listed(parent)
         e = self.tree.child(parent.inode, name)
         if e is None:
             raise FsError(errno.ENOENT)
+        return e
+
+    async def unlink(self, parent_inode: int, raw: bytes) -> None:
+        e = await self._child_to_remove(parent_inode, raw)
         if e.kind == "dir":
             raise FsError(errno.EISDIR)
         self._detach(e, "unlink")
 
     async def rmdir(self, parent_inode: int, raw: bytes) -> None:
-        parent = self._writable_dir(parent_inode)
-        name = existing_name(raw)
-        await self.ensure_listed(parent)
-        e = self.tree.child(parent.inode, name)
-        if e is None:
-            raise FsError(errno.ENOENT)
+        e = await self._child_to_remove(parent_inode, raw)
         if e.kind != "dir":
             raise FsError(errno.ENOTDIR)
         if e.inode == SHARED_INODE:  # it has no node on the server; removing it would lose it for good
