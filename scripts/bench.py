@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -409,6 +409,24 @@ class Env:
             raise SystemExit(f"bench: flush failed: {res.get('error')}")
         return time.perf_counter() - t0
 
+    def wait_quiet(self, limit_s: float = 20.0) -> float:
+        """Wait until the daemon uses under 5% of a CPU over 0.25 s (e.g. done digesting the feed's echo of
+        its own changes); returns the seconds waited."""
+        pid = self.daemon_pid()
+
+        def cpu() -> float:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        t0 = time.perf_counter()
+        last = cpu()
+        while time.perf_counter() - t0 < limit_s:
+            time.sleep(0.25)
+            now = cpu()
+            if now - last < 0.0125:
+                break
+            last = now
+        return time.perf_counter() - t0
+
     def blob_count(self) -> int:
         root = self.data / "blobs"
         return sum(1 for _d, _s, files in os.walk(root) for f in files if ".tmp" not in f)
@@ -772,12 +790,15 @@ class Bench:
                 if where == "mount":
                     self.env.flush()
                 sync = time.perf_counter() - t0
-            time.sleep(1.2)  # past the mount's 1 s entry/attribute timeouts: the next stats reach the daemon
+            quiet = self.env.wait_quiet() if where == "mount" else 0.0
+            stat_cold = float("inf")
             with self.maybe_phase(where, "small:stat"):
-                t0 = time.perf_counter()
-                for p in paths:
-                    os.stat(p)
-                stat_cold = time.perf_counter() - t0
+                for _ in range(3):  # best of 3
+                    time.sleep(1.2)  # past the mount's 1 s entry/attribute timeouts: the stats reach the daemon
+                    t0 = time.perf_counter()
+                    for p in paths:
+                        os.stat(p)
+                    stat_cold = min(stat_cold, time.perf_counter() - t0)
             t0 = time.perf_counter()
             listed = sum(len(os.listdir(root / f"d{d:02d}")) for d in range(20))
             lst = time.perf_counter() - t0
@@ -791,11 +812,13 @@ class Bench:
                 delete = time.perf_counter() - t0
             os.rmdir(root)
             out[where] = {"create": 2000 / create, "stat": 2000 / stat_hot, "stat_expired": 2000 / stat_cold,
-                          "list": 2000 / lst, "delete": 2000 / delete, "sync_s": sync}
+                          "list": 2000 / lst, "delete": 2000 / delete, "sync_s": sync, "quiet_s": quiet}
         m, lo = out["mount"], out["local"]
         self._absolute("create 2,000 x 4 KiB files in 20 folders", m["create"], lo["create"], "files/s", 3000)
         self._absolute("stat 2,000 files, daemon idle, attrs expired", m["stat_expired"], lo["stat_expired"],
                        "stats/s", 20000)
+        self.rows_note(f"best of 3; after the flush the daemon was busy {m['quiet_s']:.1f} s more (the changes "
+                       "feed returning its own 2,000 creates)")
         self.res.speed("stat 2,000 files right after creating them", m["stat"], lo["stat"], "stats/s", "local disk",
                        note="the write-back is uploading them meanwhile")
         self.res.speed("list 20 folders of 100", m["list"], lo["list"], "entries/s", "local disk")
@@ -805,6 +828,9 @@ class Bench:
         fsec = self.env.flush()
         self.res.extra["small_files"] = {**{f"{w}_{k}": v for w, d in out.items() for k, v in d.items()},
                                          "flush_after_delete_s": fsec}
+
+    def rows_note(self, note: str) -> None:
+        self.res.rows[-1].note = note
 
     def _absolute(self, name: str, mount: float, local: float, unit: str, minimum: float) -> None:
         self.res.add(Row(name, mount, unit, local, "local disk", mount / local, f">= {minimum:,} {unit}",
