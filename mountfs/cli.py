@@ -87,7 +87,7 @@ def _user_add(args: argparse.Namespace) -> int:
     except ApiError as e:
         raise CliError(e.message) from None
     if args.token_file:
-        _write_secret(Path(args.token_file), token + "\n")
+        write_private(args.token_file, token + "\n")
         print(f"created user {user.name}; token written to {args.token_file}")
     else:
         print(f"created user {user.name}; their token (shown once, keep it secret):", file=sys.stderr)
@@ -105,7 +105,7 @@ def _user_token(args: argparse.Namespace) -> int:
     except ApiError as e:
         raise CliError(e.message) from None
     if args.token_file:
-        _write_secret(Path(args.token_file), token + "\n")
+        write_private(args.token_file, token + "\n")
         print(f"new token for {args.name} written to {args.token_file}")
     else:
         print(token)
@@ -118,11 +118,6 @@ def _user_list(args: argparse.Namespace) -> int:
     for name in open_store(_server_config(args)).list_users():
         print(name)
     return 0
-
-
-def _write_secret(path: Path, text: str) -> None:
-    """Write a credential readable by its owner only (mode 0600 from the first byte)."""
-    write_private(path, text)
 
 
 # ---- talking to the server (login, mount) ----
