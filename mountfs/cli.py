@@ -826,19 +826,20 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("path", metavar="PATH", nargs="?", help="a mount point or a path inside one")
     st.add_argument("--json", action="store_true", help="print a JSON list of status objects instead")
     st.set_defaults(func=_status)
-    from mountfs.sharing import add_commands
+    from mountfs import history, sharing
 
-    add_commands(sub)
+    sharing.add_commands(sub)
+    history.add_commands(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mountfs.sharing import ShareError
+    from mountfs.apicli import CommandError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ConfigError, ShareError) as e:
+    except (CliError, ConfigError, CommandError) as e:
         print(f"drive: {e}", file=sys.stderr)
         return getattr(e, "code", 1)
     except KeyboardInterrupt:
