@@ -148,6 +148,10 @@ class SignedUrl:
     encoding: Encoding = "none"
     confirm: bool = False
     """After a successful PUT, the server must be asked to confirm the chunk (ApiClient.put_blob does)."""
+    block_size: int | None = None
+    block_hashes: tuple[str, ...] | None = field(default=None, hash=False)
+    """Only when asked for and the chunk is stored plain: SHA-256 (hex) of each `block_size` block of its
+    bytes, so that byte ranges of `url` can be fetched and verified alone (ApiClient.get_blob_range)."""
 
     def __repr__(self) -> str:
         # The query string is a credential: keep it out of reprs, logs and tracebacks.
@@ -158,7 +162,9 @@ class SignedUrl:
     def from_json(cls, d: dict[str, Any]) -> SignedUrl:
         return cls(hash=d["hash"], url=d["url"], method=d["method"], size=d["size"], stored_size=d["stored_size"],
                    expires_at=d["expires_at"], headers=dict(d.get("headers") or {}),
-                   encoding=d.get("encoding", "none"), confirm=bool(d.get("confirm", False)))
+                   encoding=d.get("encoding", "none"), confirm=bool(d.get("confirm", False)),
+                   block_size=d.get("block_size"),
+                   block_hashes=tuple(d["block_hashes"]) if d.get("block_hashes") is not None else None)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 
 import asyncio
+import dataclasses
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import limits, models
 from .blobs import open_blob_store
-from .blobs.base import verify_chunk
+from .blobs.base import block_hashes, verify_chunk
 from .blobs.signing import UrlSigner
 from .config import ServerConfig
 from .errors import ApiError, BadRequest, NotFound, TooLarge, Unauthorized
@@ -236,7 +237,10 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.post(f"{API}/chunks/download-urls", response_model=models.SignedUrls, tags=["chunks"])
     def download_urls(user: Caller, req: models.DownloadUrlQuery) -> models.SignedUrls:
         infos = store.readable_chunks(user, req.node_id, req.version, req.hashes)
-        return models.SignedUrls(urls=[svc.blobs.download_url(i, user.id) for i in infos])
+        urls = [svc.blobs.download_url(i, user.id) for i in infos]
+        if req.blocks:
+            urls = [_with_blocks(u, i) for u, i in zip(urls, infos, strict=True)]
+        return models.SignedUrls(urls=urls)
 
     @app.post(f"{API}/chunks/confirm", response_model=models.MissingAnswer, tags=["chunks"])
     def confirm(user: Caller, req: models.ConfirmQuery) -> models.MissingAnswer:
@@ -259,8 +263,13 @@ def create_app(config: ServerConfig) -> FastAPI:
         return JSONResponse({"hash": chunk_hash, "encoding": stored.encoding}, status_code=201)
 
     @app.get("/blobs/{chunk_hash}", tags=["blobs"], response_class=FileResponse,
-             responses={200: {"content": {"application/octet-stream": {}}}})
+             responses={200: {"content": {"application/octet-stream": {}}},
+                        206: {"description": "the bytes a `Range: bytes=a-b` header asked for, with Content-Range"},
+                        416: {"description": "the Range starts past the end of the object"}})
     def get_blob(chunk_hash: str, request: Request) -> FileResponse:
+        """The stored bytes of a chunk; with `Range: bytes=a-b`, just those (FileResponse serves ranges: 206
+        with Content-Range, 416 past the end). The signature covers the object, method and expiry, not the
+        range: any part of an object the URL grants may be read."""
         _local_blobs(svc)
         grant = svc.signer.check("GET", chunk_hash, dict(request.query_params))
         path = svc.blobs.path(chunk_hash, grant.encoding)
@@ -335,13 +344,26 @@ def create_app(config: ServerConfig) -> FastAPI:
 
 
 def _store_blob(svc: Services, user_id: int, info: ChunkInfo, data: bytes) -> ChunkInfo:
-    """Verify an uploaded chunk, keep its bytes unless an equal chunk is already stored, record it."""
-    verify_chunk(info.hash, info.encoding, info.size, data)
+    """Verify an uploaded chunk, keep its bytes unless an equal chunk is already stored, record it
+    (with its block hashes when it is stored plain and has none yet)."""
+    plain = verify_chunk(info.hash, info.encoding, info.size, data)
     existing = svc.store.chunk_info(info.hash)
     if existing is None or not svc.blobs.exists(existing.hash, existing.encoding):
         svc.blobs.write(info.hash, info.encoding, data)
         existing = None
-    return svc.store.record_chunk(user_id, existing or info)
+    stored = existing or info
+    if stored.encoding == "none" and stored.block_hashes is None:
+        stored = dataclasses.replace(stored, block_hashes=block_hashes(plain))
+    return svc.store.record_chunk(user_id, stored)
+
+
+def _with_blocks(url: models.SignedUrl, info: ChunkInfo) -> models.SignedUrl:
+    """`url` with the chunk's block hashes, when it has them (stored plain, verified by this server version)."""
+    if info.encoding != "none" or not info.block_hashes:
+        return url
+    digests = info.block_hashes
+    return url.model_copy(update={"block_size": limits.BLOCK_BYTES,
+                                  "block_hashes": [digests[i:i + 64] for i in range(0, len(digests), 64)]})
 
 
 def _confirm_blob(svc: Services, user: User, chunk: models.UploadChunk) -> bool:

@@ -11,6 +11,8 @@ MAX_CHUNK_BYTES = 4 * 2**20
 # zstd can expand incompressible data slightly; clients only send zstd when it shrinks, but allow slack.
 MAX_STORED_CHUNK_BYTES = MAX_CHUNK_BYTES + 64 * 2**10
 MAX_FILE_BYTES = 1 * 2**40
+# Plain chunks are verifiable (and so fetchable) in blocks of this size: see blobs/base.py block_hashes.
+BLOCK_BYTES = 64 * 2**10
 MAX_MANIFEST_CHUNKS = 1_000_000
 MAX_BATCH = 10_000
 # Chunks confirmed per request: the server reads each back from the blob store, so keep requests short.

@@ -184,6 +184,11 @@ class SignedUrl(BaseModel):
     expires_at: float
     confirm: bool = Field(False, description="after a successful PUT, POST this chunk to /chunks/confirm: "
                                              "the store cannot check uploads itself, so the server does")
+    block_size: int | None = Field(None, description="with block_hashes: the size of each block but the last")
+    block_hashes: list[str] | None = Field(
+        None, description="only when asked for (DownloadUrlQuery.blocks) and the chunk is stored plain: SHA-256 "
+                          "(hex) of each block_size block of its bytes, so byte ranges of the URL "
+                          "(Range: bytes=a-b) can be fetched and verified alone")
 
 
 class SignedUrls(BaseModel):
@@ -200,6 +205,7 @@ class DownloadUrlQuery(Strict):
     node_id: NodeId
     version: VersionNo
     hashes: Annotated[list[Hash], Field(max_length=limits.MAX_BATCH)]
+    blocks: bool = Field(False, description="also answer each chunk's block hashes where it can be fetched in ranges")
 
 
 class UploadSession(BaseModel):

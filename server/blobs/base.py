@@ -9,6 +9,7 @@ import zstandard
 
 from .. import models
 from ..errors import BadRequest, Invalid
+from ..limits import BLOCK_BYTES
 from ..store.metadata import ChunkInfo
 
 
@@ -30,8 +31,8 @@ class BlobStore(Protocol):
     def exists(self, hash_: str, encoding: str) -> bool: ...
 
 
-def verify_chunk(hash_: str, encoding: str, size: int, stored: bytes) -> None:
-    """Check that `stored` (in `encoding`) decodes to `size` bytes whose SHA-256 is `hash_`."""
+def verify_chunk(hash_: str, encoding: str, size: int, stored: bytes) -> bytes:
+    """Check that `stored` (in `encoding`) decodes to `size` bytes whose SHA-256 is `hash_`; return those bytes."""
     if encoding == "zstd":
         try:
             plain = zstandard.ZstdDecompressor().decompress(stored, max_output_size=size)
@@ -46,3 +47,13 @@ def verify_chunk(hash_: str, encoding: str, size: int, stored: bytes) -> None:
     actual = hashlib.sha256(plain).hexdigest()
     if actual != hash_:
         raise Invalid("the chunk's bytes do not match its hash", expected=hash_, actual=actual)
+    return plain
+
+
+def block_hashes(plain: bytes) -> str:
+    """The SHA-256 (hex) of each BLOCK_BYTES block of a chunk's verified plain bytes, concatenated.
+
+    Computed by the server, never taken from a client: every user who dedupes to this chunk verifies
+    ranges of it against these, so they must describe the bytes the server checked against the name."""
+    view = memoryview(plain)
+    return "".join(hashlib.sha256(view[i:i + BLOCK_BYTES]).hexdigest() for i in range(0, len(plain), BLOCK_BYTES))

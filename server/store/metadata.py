@@ -89,6 +89,12 @@ class ChunkInfo:
     size: int
     stored_size: int
     encoding: str
+    # SHA-256 (hex, concatenated) of each limits.BLOCK_BYTES block of the plain bytes; only for encoding
+    # 'none', and None for chunks stored before the server computed them (those are fetched whole).
+    block_hashes: str | None = None
+
+
+_CHUNK_COLUMNS = "hash, size, stored_size, encoding, block_hashes"
 
 
 def _token_hash(token: str) -> str:
@@ -624,20 +630,25 @@ class MetadataStore:
 
     def chunk_info(self, hash_: str) -> ChunkInfo | None:
         with self.db.transaction() as tx:
-            row = tx.one("SELECT hash, size, stored_size, encoding FROM chunks WHERE hash = ?", (hash_,))
+            row = tx.one(f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE hash = ?", (hash_,))
         return ChunkInfo(*row) if row else None
 
     def record_chunk(self, user_id: int, info: ChunkInfo) -> ChunkInfo:
-        """Note a verified upload: the chunk is present and the user holds it. Returns the stored form."""
+        """Note a verified upload: the chunk is present and the user holds it. Returns the stored form.
+
+        A chunk recorded before its block hashes were computed gets them now, if `info` brings them for
+        the same stored form."""
         with self.db.transaction(write=True) as tx:
             tx.execute(
-                "INSERT INTO chunks(hash, size, stored_size, encoding, created_ns) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (hash) DO NOTHING",
-                (info.hash, info.size, info.stored_size, info.encoding, self._clock()),
+                "INSERT INTO chunks(hash, size, stored_size, encoding, block_hashes, created_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (hash) DO UPDATE SET block_hashes = excluded.block_hashes"
+                " WHERE chunks.block_hashes IS NULL AND chunks.encoding = excluded.encoding",
+                (info.hash, info.size, info.stored_size, info.encoding, info.block_hashes, self._clock()),
             )
             tx.execute("INSERT INTO user_chunks(user_id, hash) VALUES (?, ?) ON CONFLICT DO NOTHING",
                        (user_id, info.hash))
-            row = tx.one("SELECT hash, size, stored_size, encoding FROM chunks WHERE hash = ?", (info.hash,))
+            row = tx.one(f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE hash = ?", (info.hash,))
         return ChunkInfo(*row)
 
     def readable_chunks(self, user: User, node_id: int, version: int, hashes: Sequence[str]) -> list[ChunkInfo]:
@@ -650,7 +661,7 @@ class MetadataStore:
                 raise NotFound(f"no version {version} of node {node_id}")
             for batch in _batches(wanted):
                 for row in tx.all(
-                    "SELECT DISTINCT c.hash, c.size, c.stored_size, c.encoding FROM version_chunks vc"
+                    "SELECT DISTINCT c.hash, c.size, c.stored_size, c.encoding, c.block_hashes FROM version_chunks vc"
                     " JOIN chunks c ON c.hash = vc.hash"
                     f" WHERE vc.node_id = ? AND vc.version = ? AND vc.hash IN ({_marks(len(batch))})",
                     (node.id, version, *batch),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _TYPES = {
     "sqlite": {"pk": "INTEGER PRIMARY KEY", "big": "INTEGER", "text_c": "TEXT"},
@@ -158,9 +158,17 @@ class SchemaTooNew(RuntimeError):
     """The database was written by a newer server than this one."""
 
 
+def _block_hashes_column(dialect: str) -> list[str]:
+    """Version 2: chunks.block_hashes, the SHA-256 (hex, concatenated) of each BLOCK_BYTES block of a chunk's
+    plain bytes, computed by the server when it verifies the chunk, so clients can fetch and verify byte
+    ranges of it. Only for chunks stored with encoding 'none' (a range of a zstd object is not a range of
+    the chunk); NULL for those and for chunks stored before version 2, which are fetched whole."""
+    return ["ALTER TABLE chunks ADD COLUMN block_hashes TEXT"]
+
+
 # MIGRATIONS[v] gives the statements that turn a version v-1 database into version v (version 0 = empty).
 # A new version appends an entry here and raises SCHEMA_VERSION; _SCHEMA above stays the version-1 baseline.
-MIGRATIONS: dict[int, Callable[[str], list[str]]] = {1: schema_statements}
+MIGRATIONS: dict[int, Callable[[str], list[str]]] = {1: schema_statements, 2: _block_hashes_column}
 
 
 def migrate(tx: Any, dialect: str) -> int:
