@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Iterable
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 
 import apsw
 
+from cache.blocks import BlockMap, block_range
 from cache.chunkstore import ChunkStore
 from cache.index import Index
 
@@ -112,7 +114,9 @@ class ChunkCache:
         self._pending_touches: dict[str, int] = {}
         self._counters = _Counters()
         # The LRU clock continues from the index so that order survives a restart.
-        self._clock = index.conn.execute("SELECT COALESCE(MAX(last_access), 0) FROM cached_chunks").get
+        self._clock = index.conn.execute(
+            "SELECT MAX((SELECT COALESCE(MAX(last_access), 0) FROM cached_chunks),"
+            " (SELECT COALESCE(MAX(last_access), 0) FROM partial_chunks))").get
 
     def put(self, hash: str, data: bytes, *, durable: bool = False, verified: bool = False) -> None:
         """Store a chunk (ValueError if `data` does not hash to `hash`) and count it as just used.
@@ -141,6 +145,82 @@ class ChunkCache:
             " ON CONFLICT(hash) DO UPDATE SET size = excluded.size, last_access = excluded.last_access",
             (hash, size, self._tick()),
         )
+        # The whole chunk replaces any partial copy (or is that copy, promoted).
+        conn.execute("DELETE FROM partial_chunks WHERE hash = ?", (hash,))
+        if conn.changes():
+            self.store.delete_partial(hash)
+
+    # ---- partial chunks (some blocks, fetched by byte range) ------------------------------------------
+
+    def block_map(self, hash: str) -> BlockMap | None:
+        """Which blocks of a partial chunk are held (None: no partial copy)."""
+        row = self.index.conn.execute(
+            "SELECT size, block_size, digests, present FROM partial_chunks WHERE hash = ?", (hash,)
+        ).fetchone()
+        return None if row is None else BlockMap(hash, row[0], row[1], bytes(row[2]), bytes(row[3]))
+
+    def store_blocks(self, bmap: BlockMap, first: int, data: bytes | memoryview) -> None:
+        """The file half of record_blocks(): write verified bytes of blocks first, first + 1, ... into the
+        chunk's partial file. Touches no index, so it may run in a worker thread."""
+        self.store.write_partial(bmap.hash, bmap.size, bmap.span(first)[0], data)
+
+    def record_blocks(self, bmap: BlockMap, blocks: range) -> BlockMap | None:
+        """The index half: mark blocks that store_blocks() wrote as present, as just used. Returns the
+        chunk's map (complete: promote_blocks() next), or None when the whole chunk is cached already."""
+        with self.index.transaction() as conn:
+            if conn.execute("SELECT 1 FROM cached_chunks WHERE hash = ?", (bmap.hash,)).get is not None:
+                return None
+            held = self.block_map(bmap.hash)
+            if held is None or (held.size, held.block_size, held.digests) != (bmap.size, bmap.block_size,
+                                                                              bmap.digests):
+                held = dataclasses.replace(bmap, present=bytes(len(bmap.present)))
+            held = held.with_blocks(blocks)
+            conn.execute(
+                "INSERT INTO partial_chunks(hash, size, block_size, digests, present, bytes, last_access)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(hash) DO UPDATE SET size = excluded.size,"
+                " block_size = excluded.block_size, digests = excluded.digests, present = excluded.present,"
+                " bytes = excluded.bytes, last_access = excluded.last_access",
+                (held.hash, held.size, held.block_size, held.digests, held.present, held.present_bytes,
+                 self._tick()),
+            )
+        return held
+
+    def promote_file(self, hash: str) -> bool:
+        """The file half of promoting a complete partial chunk: check it against the chunk's hash and make
+        it the chunk's file (thread-safe). Follow it with record() if True, drop_blocks() if False."""
+        return self.store.promote_partial(hash)
+
+    def drop_blocks(self, hash: str, blocks: Iterable[int] | None = None) -> None:
+        """Forget some blocks of a partial chunk (found bad), or all of it with its file."""
+        with self.index.transaction() as conn:
+            held = self.block_map(hash)
+            if held is None:
+                return
+            if blocks is not None:
+                held = held.with_blocks(blocks, present=False)
+            if blocks is None or not held.present_bytes:
+                conn.execute("DELETE FROM partial_chunks WHERE hash = ?", (hash,))
+                self.store.delete_partial(hash)
+            else:
+                conn.execute("UPDATE partial_chunks SET present = ?, bytes = ? WHERE hash = ?",
+                             (held.present, held.present_bytes, hash))
+
+    def _read_blocks(self, hash: str, offset: int, length: int) -> bytes | None:
+        """Bytes of a partial chunk if every block under them is held and still matches its digest."""
+        held = self.block_map(hash)
+        if held is None:
+            return None
+        blocks = block_range(offset, length, held.size, held.block_size)
+        if not blocks or held.missing(blocks):
+            return None
+        start, _ = held.span(blocks[0])
+        data = self.store.read_partial(hash, start, held.span(blocks[-1])[1] - start)
+        bad = list(blocks) if data is None else held.verify(blocks, data)
+        if bad:
+            self.drop_blocks(hash, bad)
+            return None
+        assert data is not None
+        return data[offset - start:offset - start + length]
 
     def get(self, hash: str) -> bytes | None:
         """The verified bytes of a chunk, or None if it must be fetched (missing or found corrupt)."""
@@ -149,8 +229,14 @@ class ChunkCache:
         return data
 
     def read_range(self, hash: str, offset: int, length: int) -> bytes | None:
-        """Up to `length` verified bytes of a chunk from `offset`, or None if it must be fetched."""
+        """Up to `length` verified bytes of a chunk from `offset` (from its file, or from the blocks of a
+        partial copy), or None if it must be fetched."""
         data = self.store.read_range(hash, offset, length)
+        if data is None:
+            data = self._read_blocks(hash, offset, length)
+            if data is not None:
+                self._touch(hash)
+                return data
         self._after_read(hash, data is not None)
         return data
 
@@ -190,7 +276,7 @@ class ChunkCache:
         evicted_chunks = evicted_bytes = 0
         while True:
             with self.index.transaction() as conn:
-                total = conn.execute("SELECT COALESCE(SUM(size), 0) FROM cached_chunks").get
+                total = self._bytes(conn)
                 if total <= limit:
                     break
                 victims = self._evict_batch(conn, total - limit)
@@ -206,16 +292,22 @@ class ChunkCache:
     def _evict_batch(self, conn: apsw.Connection, excess: int) -> list[int]:
         # Runs inside a transaction: the pin check and the deletes see the same pins.
         rows = conn.execute(
-            f"SELECT hash, size FROM cached_chunks c WHERE {_UNPINNED} ORDER BY last_access LIMIT ?",
+            f"SELECT hash, size, 0, last_access FROM cached_chunks c WHERE {_UNPINNED}"
+            f" UNION ALL SELECT hash, bytes, 1, last_access FROM partial_chunks c WHERE {_UNPINNED}"
+            " ORDER BY last_access LIMIT ?",
             (_EVICT_BATCH,),
         ).fetchall()
         sizes = []
-        for hash, size in rows:
+        for hash, size, partial, _ in rows:
             if sum(sizes) >= excess:
                 break
             # File first: a crash in between leaves a row without a file, which reads treat as a miss.
-            self.store.delete(hash)
-            conn.execute("DELETE FROM cached_chunks WHERE hash = ?", (hash,))
+            if partial:
+                self.store.delete_partial(hash)
+                conn.execute("DELETE FROM partial_chunks WHERE hash = ?", (hash,))
+            else:
+                self.store.delete(hash)
+                conn.execute("DELETE FROM cached_chunks WHERE hash = ?", (hash,))
             sizes.append(size)
         return sizes
 
@@ -240,9 +332,16 @@ class ChunkCache:
             evicted_bytes=counters.evicted_bytes,
         )
 
+    @staticmethod
+    def _bytes(conn: apsw.Connection) -> int:
+        """Bytes held: whole chunks plus the blocks of partial ones."""
+        return conn.execute("SELECT (SELECT COALESCE(SUM(size), 0) FROM cached_chunks)"
+                            " + (SELECT COALESCE(SUM(bytes), 0) FROM partial_chunks)").get
+
     def _totals(self) -> tuple[int, int, int, int]:
         conn = self.index.conn
-        total, chunks = conn.execute("SELECT COALESCE(SUM(size), 0), COUNT(*) FROM cached_chunks").fetchone()
+        total = self._bytes(conn)
+        chunks = conn.execute("SELECT (SELECT COUNT(*) FROM cached_chunks) + (SELECT COUNT(*) FROM partial_chunks)").get
         pinned_bytes, pinned_chunks = conn.execute(
             f"SELECT COALESCE(SUM(size), 0), COUNT(*) FROM cached_chunks c WHERE {_PINNED}"
         ).fetchone()
@@ -259,9 +358,21 @@ class ChunkCache:
         checked = removed = corrupt = 0
         with self.index.transaction() as conn:
             sizes = dict(conn.execute("SELECT hash, size FROM cached_chunks").fetchall())
+            partial_sizes = dict(conn.execute("SELECT hash, size FROM partial_chunks").fetchall())
             present = set()
+            partial_present = set()
             for entry in self.store.scan():
                 checked += 1
+                partial = self.store.partial_of(entry)
+                if partial is not None:
+                    # A partial file is kept if listed, of the chunk's length, and not superseded by the
+                    # whole chunk (a crash between writing that and dropping this).
+                    if partial_sizes.get(partial) == entry.size and partial not in sizes:
+                        partial_present.add(partial)
+                    else:
+                        entry.path.unlink(missing_ok=True)
+                        removed += 1
+                    continue
                 if not self.store.is_well_placed(entry) or entry.name not in sizes:
                     entry.path.unlink(missing_ok=True)
                     removed += 1
@@ -272,8 +383,11 @@ class ChunkCache:
                     present.add(entry.name)
             lost = [hash for hash in sizes if hash not in present]
             conn.executemany("DELETE FROM cached_chunks WHERE hash = ?", ((hash,) for hash in lost))
+            lost_partial = [hash for hash in partial_sizes if hash not in partial_present]
+            conn.executemany("DELETE FROM partial_chunks WHERE hash = ?", ((hash,) for hash in lost_partial))
         return ReconcileStats(
-            checked_files=checked, removed_files=removed, dropped_rows=len(lost), corrupt_chunks=corrupt
+            checked_files=checked, removed_files=removed, dropped_rows=len(lost) + len(lost_partial),
+            corrupt_chunks=corrupt
         )
 
     def flush(self) -> None:
@@ -283,10 +397,11 @@ class ChunkCache:
         if not pending:
             return
         with self.index.transaction() as conn:
-            conn.executemany(
-                "UPDATE cached_chunks SET last_access = MAX(last_access, ?) WHERE hash = ?",
-                ((clock, hash) for hash, clock in pending.items()),
-            )
+            for table in ("cached_chunks", "partial_chunks"):
+                conn.executemany(
+                    f"UPDATE {table} SET last_access = MAX(last_access, ?) WHERE hash = ?",
+                    ((clock, hash) for hash, clock in pending.items()),
+                )
 
     def close(self) -> None:
         """Flush pending LRU touches; the Index stays open."""

@@ -12,10 +12,13 @@ from pathlib import Path
 
 from cache.chunker import hash_bytes, is_chunk_hash
 
-__all__ = ["ChunkStore", "StoreEntry", "TEMP_MARKER"]
+__all__ = ["PARTIAL_SUFFIX", "ChunkStore", "StoreEntry", "TEMP_MARKER"]
 
 # Temp files carry this in their name so that reconciliation can tell them from chunk files.
 TEMP_MARKER = ".tmp-"
+
+# A partial chunk (some blocks fetched by range) lives at <chunk path> + this until it is complete.
+PARTIAL_SUFFIX = ".blocks"
 
 # Enough to cover the chunks behind every open file's read-ahead window; each entry is ~100 bytes.
 _VERIFIED_MEMO_SIZE = 4096
@@ -127,6 +130,71 @@ class ChunkStore:
         finally:
             os.close(fd)
 
+    # ---- partial chunks: a file of the chunk's full length holding only some blocks (sparse elsewhere) ----
+    # Which blocks are valid is the index's business (cache/chunkcache.py); these only move bytes.
+
+    def partial_path(self, hash: str) -> Path:
+        return self.path(hash).with_name(hash + PARTIAL_SUFFIX)
+
+    def write_partial(self, hash: str, size: int, offset: int, data: bytes | memoryview) -> None:
+        """Write verified block bytes at `offset` of the chunk's partial file, creating it `size` long.
+
+        No fsync: the index marks blocks present only after this returns, and every read of a partial
+        file checks its blocks again, so bytes lost to a power cut are only a miss."""
+        path = self.partial_path(hash)
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size != size:
+                os.ftruncate(fd, size)
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(fd, view, offset)
+                view, offset = view[n:], offset + n
+        finally:
+            os.close(fd)
+
+    def read_partial(self, hash: str, offset: int, length: int) -> bytes | None:
+        """Bytes of the partial file as they are (the caller checks them), or None if there is none."""
+        try:
+            fd = os.open(self.partial_path(hash), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            return _read_all(fd, length, offset)
+        finally:
+            os.close(fd)
+
+    def promote_partial(self, hash: str) -> bool:
+        """Make a partial file whose blocks are all present the chunk's file, if it hashes to the chunk's
+        name (False, and the partial file is gone, if it does not)."""
+        partial = self.partial_path(hash)
+        try:
+            fd = os.open(partial, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            identity = self._identity(hash, fd)
+            data = _read_all(fd, identity.size)
+        finally:
+            os.close(fd)
+        if hash_bytes(data) != hash:
+            _unlink_quietly(partial)
+            return False
+        os.replace(partial, self.path(hash))
+        self._remember(identity)
+        return True
+
+    def delete_partial(self, hash: str) -> None:
+        _unlink_quietly(self.partial_path(hash))
+
+    def partial_of(self, entry: StoreEntry) -> str | None:
+        """The chunk a scanned file is the partial file of, or None."""
+        name = entry.name.removesuffix(PARTIAL_SUFFIX)
+        if name == entry.name or not is_chunk_hash(name) or entry.path != self.partial_path(name):
+            return None
+        return name
+
     def delete(self, hash: str) -> None:
         """Remove the chunk file if present."""
         _unlink_quietly(self.path(hash))
@@ -165,12 +233,12 @@ class ChunkStore:
                 self._verified.popitem(last=False)
 
 
-def _read_all(fd: int, size: int) -> bytes:
+def _read_all(fd: int, size: int, start: int = 0) -> bytes:
     # pread may return short on some filesystems; the result must be the whole file or the hash check fails.
     parts = []
-    offset = 0
-    while offset < size:
-        part = os.pread(fd, size - offset, offset)
+    offset = start
+    while offset < start + size:
+        part = os.pread(fd, start + size - offset, offset)
         if not part:
             break
         parts.append(part)

@@ -55,6 +55,29 @@ def create_tables(conn: apsw.Connection) -> None:
     )
     conn.execute("CREATE INDEX IF NOT EXISTS cached_chunks_lru ON cached_chunks(last_access)")
 
+    # Partial chunks: chunks of which only some blocks were fetched (byte ranges, for random reads), in
+    # <cache_dir>/chunks/<hash[:2]>/<hash>.blocks, a file of the chunk's full `size` that holds only those
+    # blocks (sparse elsewhere). `block_size` and `digests` (the server's SHA-256 of each block, 32 bytes
+    # each, concatenated) describe the blocks; `present` is a bitmap of the blocks held (bit i of byte
+    # i // 8), a bit set only after the block's verified bytes are written; `bytes` is what those blocks
+    # hold, counted against the cache limit; `last_access` is the LRU clock of cached_chunks. Once every
+    # block is present the file is checked against the chunk's hash and moves to cached_chunks, and a
+    # whole fetch of the chunk replaces it. Reads check a block's bytes against its digest every time,
+    # so a bit that outlived its bytes (power cut) is only a miss.
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS partial_chunks (
+            hash        TEXT PRIMARY KEY,
+            size        INTEGER NOT NULL,
+            block_size  INTEGER NOT NULL,
+            digests     BLOB NOT NULL,
+            present     BLOB NOT NULL,
+            bytes       INTEGER NOT NULL,
+            last_access INTEGER NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS partial_chunks_lru ON partial_chunks(last_access)")
+
     # Chunks that eviction must not delete. `owner` is an opaque tag for who needs the chunk, e.g.
     # 'file:<inode>' for a dirty file not yet uploaded, 'pin:<node_id>' for a file pinned offline.
     # A chunk is pinned while any owner holds it. A pin may name a chunk not (yet) in cached_chunks.
