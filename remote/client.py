@@ -378,12 +378,15 @@ class ApiClient:
             out += [SignedUrl.from_json(u) for u in body["urls"]]
         return out
 
-    async def download_urls(self, node_id: int, version: int, hashes: Sequence[str]) -> list[SignedUrl]:
-        """Signed GET URLs for chunks of a version the caller can read, one per distinct hash, in order."""
+    async def download_urls(self, node_id: int, version: int, hashes: Sequence[str], *,
+                            blocks: bool = False) -> list[SignedUrl]:
+        """Signed GET URLs for chunks of a version the caller can read, one per distinct hash, in order;
+        with blocks=True each also carries the chunk's block hashes when it can be fetched in ranges."""
         out: list[SignedUrl] = []
+        extra = {"blocks": True} if blocks else {}
         for batch in _batches(list(dict.fromkeys(hashes))):
             body = await self._api("POST", "/chunks/download-urls", idempotent=True,
-                                   json={"node_id": node_id, "version": version, "hashes": batch})
+                                   json={"node_id": node_id, "version": version, "hashes": batch, **extra})
             out += [SignedUrl.from_json(u) for u in body["urls"]]
         return out
 
@@ -426,6 +429,17 @@ class ApiClient:
             url = signed.url
         resp = await self._blob_request("GET", url, signed, headers=hdrs)
         return resp.headers.get("X-Drive-Encoding", encoding), resp.content
+
+    async def get_blob_range(self, url: SignedUrl, start: int, end: int) -> bytes:
+        """Bytes [start, end) of a chunk stored plain, from its signed URL (`Range: bytes=start-(end-1)`).
+        A store that ignores the Range and sends the whole object (200) is cut to the range here; the
+        caller verifies what it gets either way."""
+        if url.encoding != "none" or not 0 <= start < end:
+            raise ValueError(f"no byte range [{start}, {end}) of a chunk stored as {url.encoding!r}")
+        resp = await self._blob_request("GET", url.url, url, headers={**url.headers, "Range": f"bytes={start}-{end - 1}"})
+        if resp.status_code == 206:
+            return resp.content
+        return resp.content[start:end]
 
     async def _blob_request(self, method: str, url: str, signed: SignedUrl | None, **kw: Any) -> httpx.Response:
         """A request to a signed blob URL. An S3 store answers an expired URL with 403, not 410: that is

@@ -22,7 +22,9 @@ Upload (`Transfer.upload_file`):
 
 Download (`Transfer.download_chunks`, `Transfer.download_file`): signed GET URLs in batches, fetched in
 parallel; each chunk is decoded and checked against its hash before anyone sees it (CorruptChunk
-otherwise), and stored in the ChunkCache when one is given.
+otherwise), and stored in the ChunkCache when one is given. `Transfer.download_ranges` fetches only
+some blocks of a chunk (ranged GETs, for random reads), each checked against the block hashes the
+server computed for the chunk, into the ChunkCache as a partial chunk.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from typing import Any, Protocol
 import trio
 import zstandard
 
+from cache.blocks import BlockMap, block_range, runs
 from cache.chunker import ChunkRef, chunk_stream, hash_bytes
 from cache.chunkcache import ChunkCache
 from cache.index import Index
@@ -56,6 +59,8 @@ __all__ = ["Progress", "Transfer", "TransferStatistics"]
 log = logging.getLogger("drivefs.remote")
 
 ZSTD_LEVEL = 3
+# Ranged downloads up to this many bytes are verified on the trio thread.
+_VERIFY_INLINE = 256 * 2**10
 # Send zstd only when it saves at least this fraction of the plain size.
 MIN_SAVING = 0.10
 # Signed download URLs asked for per request; they live minutes, so not many more than we soon use.
@@ -88,6 +93,7 @@ class TransferStatistics:
     bytes_received: int
     plain_bytes_received: int
     chunks_from_cache: int
+    ranges_received: int
 
 
 @dataclass
@@ -101,6 +107,7 @@ class _Counters:
     bytes_received: int = 0
     plain_bytes_received: int = 0
     chunks_from_cache: int = 0
+    ranges_received: int = 0  # ranged GETs of blocks of a chunk (their bytes count in bytes_received)
 
 
 @dataclass(frozen=True)
@@ -486,6 +493,69 @@ class Transfer:
                 continue
             self._counters.plain_bytes_received += len(data)
             return data
+        raise AssertionError("unreachable")
+
+    async def download_ranges(self, node_id: int, version: int, h: str, size: int,
+                              ranges: Sequence[tuple[int, int]], *, chunk_cache: ChunkCache) -> None:
+        """Get the blocks of chunk `h` (`size` bytes) under the byte ranges [start, end) into `chunk_cache`.
+
+        One ranged GET per run of adjacent blocks not held yet; every block is checked against the block
+        hash the server computed for the chunk (a range failing that is fetched once more, then
+        CorruptChunk). The last block to arrive makes the partial chunk whole (checked against `h`). A chunk
+        the server has no block hashes for (stored before it computed them, or stored zstd) is fetched
+        and stored whole instead.
+        """
+        (url,) = await self.api.download_urls(node_id, version, [h], blocks=True)
+        if url.encoding != "none" or url.block_hashes is None or url.block_size is None:
+            data = await self._get_verified(node_id, version, h, size, url)
+            await trio.to_thread.run_sync(partial(chunk_cache.store_file, h, data, verified=True))
+            chunk_cache.record(h, len(data))
+            return
+        try:
+            bmap = BlockMap.empty(h, size, url.block_size, url.block_hashes)
+        except ValueError as e:
+            raise errors.CorruptChunk(f"the server's block hashes do not fit chunk {h}: {e}", h) from None
+        wanted: set[int] = set()
+        for start, end in ranges:
+            wanted.update(block_range(start, end - start, size, bmap.block_size))
+        held = chunk_cache.block_map(h)
+        if held is not None and held.digests == bmap.digests:
+            wanted = set(held.missing(wanted))
+        for blocks in runs(wanted):
+            url, data = await self._get_blocks_verified(node_id, version, bmap, blocks, url)
+            # As in _fetch: the file is written in a worker thread, the index used on this one only.
+            await trio.to_thread.run_sync(chunk_cache.store_blocks, bmap, blocks[0], data)
+            now = chunk_cache.record_blocks(bmap, blocks)
+            if now is not None and now.complete:
+                if await trio.to_thread.run_sync(chunk_cache.promote_file, h):
+                    chunk_cache.record(h, size)
+                else:
+                    chunk_cache.drop_blocks(h)
+
+    async def _get_blocks_verified(self, node_id: int, version: int, bmap: BlockMap, blocks: range,
+                                   url: SignedUrl) -> tuple[SignedUrl, bytes]:
+        """One ranged GET of these blocks, returned (with the URL used) only if every block matches its
+        hash; refetched once, then CorruptChunk."""
+        start, end = bmap.span(blocks[0])[0], bmap.span(blocks[-1])[1]
+        for attempt in (1, 2):
+            try:
+                body = await self.api.get_blob_range(url, start, end)
+            except errors.Expired:
+                (url,) = await self.api.download_urls(node_id, version, [bmap.hash], blocks=True)
+                body = await self.api.get_blob_range(url, start, end)
+            self._counters.ranges_received += 1
+            self._counters.bytes_received += len(body)
+            if len(body) > _VERIFY_INLINE:
+                bad = await trio.to_thread.run_sync(bmap.verify, blocks, body)
+            else:  # a block or two: hashing costs less than the thread hop
+                bad = bmap.verify(blocks, body)
+            if not bad and len(body) == end - start:
+                self._counters.plain_bytes_received += len(body)
+                return url, body
+            if attempt == 2:
+                raise errors.CorruptChunk(f"blocks {bad or list(blocks)} of chunk {bmap.hash} do not match their "
+                                          "hashes: the stored copy is damaged", bmap.hash)
+            log.warning("blocks %s of chunk %s failed verification; fetching them again", list(blocks), bmap.hash)
         raise AssertionError("unreachable")
 
 
