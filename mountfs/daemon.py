@@ -61,7 +61,7 @@ class Mount:
         creds = cfg.load_credentials()
         self.client = ApiClient(cfg.server, creds.token, device=cfg.device, retry=INTERACTIVE_RETRY)
         self.transfer = Transfer(self.client)
-        self.reader = Reader(self.tree, self.chunks, self.client, self._fetch)
+        self.reader = Reader(self.tree, self.chunks, self.client, self._fetch, fetch_ranges=self._fetch_ranges)
         self.vfs = Vfs(self.tree, self.reader, self.client, self._wake, cfg.user)
         self.syncer = Syncer(self.vfs, self.tree, self.client, self.transfer, cfg.device)
         # The feed has its own client: a long-poll must not wait behind the interactive retry budget.
@@ -92,6 +92,10 @@ class Mount:
         # keep=False: the reader takes the bytes from the chunk cache, so none are held here.
         await self.transfer.download_chunks(node_id, version, [_Chunk(h, n) for h, n in chunks],
                                             chunk_cache=self.chunks, on_chunk=on_chunk, keep=False)
+
+    async def _fetch_ranges(self, node_id: int, version: int, h: str, size: int,
+                            ranges: Sequence[tuple[int, int]]) -> None:
+        await self.transfer.download_ranges(node_id, version, h, size, ranges, chunk_cache=self.chunks)
 
     async def connect(self) -> None:
         """Learn the drive's root; with the server away, start from the cached tree if there is one."""
@@ -144,6 +148,8 @@ class Mount:
                 "device": self.cfg.device, "online": s.online and self.listener.online, "pending_ops": s.pending_ops,
                 "pending_files": s.pending_files, "pending_bytes": s.pending_bytes,
                 "cache_bytes": usage.bytes + local, "cache_limit": self.cfg.cache_limit,
+                # Bytes received from the blob store since the mount started (whole chunks and ranges).
+                "fetched_bytes": self.transfer.statistics().bytes_received,
                 "last_sync": s.last_sync, "last_error": s.last_error,
                 "uploading": {"name": s.uploading} if s.uploading else {}}
 

@@ -1,4 +1,5 @@
-"""Reads of files whose content is on the server: only the chunks a read touches, plus read-ahead."""
+"""Reads of files whose content is on the server: only the chunks a read touches, plus read-ahead; a
+read that does not follow the previous one fetches just the blocks of a chunk under it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import trio
 from cachetools import LRUCache
 
+from cache.blocks import BLOCK_BYTES, block_range
 from cache.chunkcache import ChunkCache
 from cache.tree import Entry, Tree
 from remote import errors as rerr
@@ -22,6 +24,9 @@ log = logging.getLogger("drivefs.reader")
 # fetch(node_id, version, chunks, on_chunk) downloads and verifies those (hash, size) chunks into the chunk
 # cache, calling on_chunk(hash) as each one is stored there.
 Fetch = Callable[[int, int, Sequence[tuple[str, int]], Callable[[str], None]], Awaitable[None]]
+# fetch_ranges(node_id, version, hash, size, ranges) downloads and verifies the blocks of that chunk under
+# those byte ranges [start, end) of it into the chunk cache (or the whole chunk, if it has no block hashes).
+FetchRanges = Callable[[int, int, str, int, Sequence[tuple[int, int]]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -53,15 +58,19 @@ class Layout:
 class Reader:
     """Serves byte ranges of clean files from the chunk cache, fetching missing chunks on demand."""
 
-    def __init__(self, tree: Tree, chunks: ChunkCache, remote, fetch: Fetch, readahead_chunks: int = 8) -> None:
+    def __init__(self, tree: Tree, chunks: ChunkCache, remote, fetch: Fetch, readahead_chunks: int = 8,
+                 fetch_ranges: FetchRanges | None = None) -> None:
         self.tree = tree
         self.chunks = chunks
         self.remote = remote
         self.fetch = fetch
+        self.fetch_ranges = fetch_ranges
         self.readahead_chunks = readahead_chunks
         self.nursery: trio.Nursery | None = None
         self._layouts: LRUCache[tuple[int, int], Layout] = LRUCache(maxsize=512)
         self._inflight: dict[str, trio.Event] = {}
+        # (chunk hash, block index) -> fetch under way of that block alone, shared by readers of the block.
+        self._blocks_inflight: dict[tuple[str, int], trio.Event] = {}
         # (inode, version) -> the chunk index read-ahead was last planned from (once per chunk, not per read).
         self._ahead_at: LRUCache[tuple[int, int], int] = LRUCache(maxsize=512)
 
@@ -95,7 +104,10 @@ class Reader:
             return b""
         size = min(size, total - offset)
         span = layout.span(offset, size)
-        await self._ensure(e, layout, [i for i in span])
+        if sequential or self.fetch_ranges is None:
+            await self._ensure(e, layout, [i for i in span])
+        else:
+            await self._ensure_blocks(e, layout, offset, size, span)
         out = bytearray()
         for i in span:
             start = max(offset, layout.starts[i]) - layout.starts[i]
@@ -154,6 +166,53 @@ class Reader:
         finally:
             for h, ev in mine.items():
                 self._settle(h, ev)
+
+    async def _ensure_blocks(self, e: Entry, layout: Layout, offset: int, size: int, span: range) -> None:
+        """For a read that does not follow the previous one: make sure the blocks under [offset, offset +
+        size) are cached, fetching only those (chunks the read mostly covers are fetched whole)."""
+        whole: list[int] = []
+        for i in span:
+            h, chunk_size = layout.hashes[i], layout.sizes[i]
+            if h in self.chunks:
+                continue
+            if h in self._inflight:  # the whole chunk is on its way (read-ahead or another reader)
+                await self._inflight[h].wait()
+                continue
+            start = max(offset, layout.starts[i]) - layout.starts[i]
+            end = min(offset + size, layout.starts[i] + chunk_size) - layout.starts[i]
+            held = self.chunks.block_map(h)
+            block = held.block_size if held is not None else BLOCK_BYTES
+            needed = block_range(start, end - start, chunk_size, block)
+            missing = held.missing(needed) if held is not None else list(needed)
+            if 2 * len(missing) * block >= chunk_size:
+                whole.append(i)  # most of the chunk anyway: one whole fetch, which verifies it as a chunk
+            elif missing:
+                await self._fetch_blocks(e, layout.version, h, chunk_size, block, missing)
+        if whole:
+            await self._ensure(e, layout, whole)
+
+    async def _fetch_blocks(self, e: Entry, version: int, h: str, chunk_size: int, block: int,
+                            blocks: list[int]) -> None:
+        """Fetch these blocks of chunk `h`, sharing fetches of the same blocks already under way."""
+        waits = [self._blocks_inflight[(h, b)] for b in blocks if (h, b) in self._blocks_inflight]
+        mine = {(h, b): trio.Event() for b in blocks if (h, b) not in self._blocks_inflight}
+        self._blocks_inflight.update(mine)
+        try:
+            if mine:
+                if e.node_id is None or self.fetch_ranges is None:
+                    raise FsError(errno.EIO, f"{e.name!r} has no server copy to read")
+                ranges = [(b * block, min((b + 1) * block, chunk_size)) for _, b in mine]
+                try:
+                    await self.fetch_ranges(e.node_id, version, h, chunk_size, ranges)
+                except rerr.RemoteError as exc:
+                    raise FsError(errno.EIO, f"cannot fetch data of {e.name!r}: {exc}") from None
+        finally:
+            for key, ev in mine.items():
+                if self._blocks_inflight.get(key) is ev:
+                    del self._blocks_inflight[key]
+                ev.set()
+        for ev in waits:
+            await ev.wait()
 
     async def _ensure(self, e: Entry, layout: Layout, indices: list[int]) -> None:
         """Make sure these chunks are in the cache, sharing fetches already under way."""
