@@ -26,6 +26,17 @@ log = logging.getLogger("drivefs.syncer")
 
 Report = Callable[[dict], Awaitable[None]]
 
+# Ops that make a new node by name in a folder; a run of them replays concurrently, this many at once.
+CREATE_KINDS = ("create", "mkdir", "symlink")
+REPLAY_PARALLEL = 8
+
+
+def _carries(node: Any, attrs: dict[str, Any]) -> bool:
+    """Whether a node the server returned already has the mode and mtime a queued setattr would set."""
+    if node is None:
+        return False
+    return all(attrs.get(k) is None or getattr(node, k) == attrs[k] for k in ("mode", "mtime_ns"))
+
 
 @dataclass(frozen=True)
 class SyncStatistics:
@@ -178,35 +189,100 @@ class Syncer:
             batch = list(self.tree.ops(limit=100))
             if not batch:
                 return
-            for op in batch:
-                try:
-                    await self._apply(op)
-                except (rerr.TransportFailure, rerr.ServerError):
-                    raise  # not applied: the op stays queued for the next pass
-                except rerr.ApiError as e:
-                    # The server refused for good (e.g. the folder was deleted elsewhere): record and move on.
-                    self._note_error(f"{op.kind} of {op.name!r} was refused by the server: {e}")
-                    self.tree.op_failed(op.seq, str(e))
-                self.tree.op_done(op.seq)
-                for inode in (op.inode, op.parent_inode, op.other_inode):
-                    if inode is not None:
-                        self.vfs.collect(inode)
+            i = 0
+            while i < len(batch):
+                creates, setattrs = self._independent_creates(batch, i)
+                if creates:
+                    await self._replay_creates(creates, setattrs)
+                    i += len(creates) + len(setattrs)
+                else:
+                    await self._replay(batch[i])
+                    i += 1
+
+    async def _replay(self, op: Op) -> Any:
+        """Apply one op and drop it from the queue; the node it created, if it created one."""
+        node = None
+        try:
+            node = await self._apply(op)
+        except (rerr.TransportFailure, rerr.ServerError):
+            raise  # not applied: the op stays queued for the next pass
+        except rerr.ApiError as e:
+            # The server refused for good (e.g. the folder was deleted elsewhere): record and move on.
+            self._note_error(f"{op.kind} of {op.name!r} was refused by the server: {e}")
+            self.tree.op_failed(op.seq, str(e))
+        self.tree.op_done(op.seq)
+        for inode in (op.inode, op.parent_inode, op.other_inode):
+            if inode is not None:
+                self.vfs.collect(inode)
+        return node
+
+    def _independent_creates(self, batch: list[Op], start: int) -> tuple[list[Op], list[Op]]:
+        """The run of creates from `start` that may go up at once, and the setattrs folded into them.
+
+        Creates in folders that already have a server id do not depend on each other (a second create
+        of the same name would need an unlink or rename between them, which ends the run), so the
+        server may apply them in any order. A setattr of a node created in the run only needs its
+        create first: it is checked after the run, and usually the create already carried its mode
+        and mtime. Anything else ends the run, keeping every other op in queue order.
+        """
+        creates: list[Op] = []
+        setattrs: list[Op] = []
+        inodes: set[int] = set()
+        for op in batch[start:]:
+            if op.kind == "setattr" and op.inode in inodes:
+                setattrs.append(op)
+            elif op.kind in CREATE_KINDS and op.inode not in inodes and len(creates) < REPLAY_PARALLEL \
+                    and self._node_id(op.parent_inode) is not None:
+                creates.append(op)
+                inodes.add(op.inode)
+            else:
+                break
+        return creates, setattrs
+
+    async def _replay_creates(self, creates: list[Op], setattrs: list[Op]) -> None:
+        """Replay independent creates concurrently (the server is latency-bound), then their setattrs.
+
+        Each create is idempotent on retry (saved upload session, adoption of a lost answer), so one
+        failing or being cancelled leaves its op queued and harmless. The first failure is raised once
+        the others finished, as a plain exception the loop in run() knows how to retry.
+        """
+        created: dict[int, Any] = {}
+        failures: list[Exception] = []
+
+        async def one(op: Op) -> None:
+            try:
+                created[op.inode] = await self._replay(op)
+            except Exception as e:
+                failures.append(e)
+
+        async with trio.open_nursery() as nursery:
+            for op in creates:
+                nursery.start_soon(one, op)
+        if failures:
+            raise failures[0]
+        for op in setattrs:
+            if _carries(created.get(op.inode), op.args):
+                self.tree.op_done(op.seq)  # the create already sent this mode and mtime
+                self.vfs.collect(op.inode)
+            else:
+                await self._replay(op)
 
     def _node_id(self, inode: int | None) -> int | None:
         e = self.tree.get(inode) if inode is not None else None
         return e.node_id if e else None
 
-    async def _apply(self, op: Op) -> None:
+    async def _apply(self, op: Op) -> Any:
+        """Replay one op on the server; a create returns the node the server made (None if not known)."""
         e = self.tree.get(op.inode)
         if e is None:
-            return
-        if op.kind in ("mkdir", "symlink", "create"):
+            return None
+        if op.kind in CREATE_KINDS:
             parent_id = self._node_id(op.parent_inode)
             if parent_id is None:
                 raise rerr.NotFound(f"the folder of {op.name!r} does not exist on the server")
             if e.node_id is not None:
-                return  # already created (a retry after the response was lost and adopted)
-            await getattr(self, f"_create_{op.kind}")(e, op, parent_id)
+                return None  # already created (a retry after the response was lost and adopted)
+            return await getattr(self, f"_create_{op.kind}")(e, op, parent_id)
         elif op.kind == "rename":
             await self._rename(e, op)
         elif op.kind in ("unlink", "rmdir"):
@@ -218,8 +294,9 @@ class Syncer:
         elif op.kind == "setattr":
             if e.node_id is not None:
                 await self.remote.set_attr(e.node_id, mode=op.args.get("mode"), mtime_ns=op.args.get("mtime_ns"))
+        return None
 
-    async def _create_mkdir(self, e: Entry, op: Op, parent_id: int) -> None:
+    async def _create_mkdir(self, e: Entry, op: Op, parent_id: int) -> Any:
         try:
             node = await self.remote.create_folder(parent_id, op.name, mode=e.mode, mtime_ns=e.mtime_ns)
         except rerr.Exists as exc:
@@ -227,8 +304,9 @@ class Syncer:
                 raise
             node = await self.remote.get_node(exc.details["node_id"])  # merge with the folder already there
         self.tree.update(e.inode, node_id=node.id, owner=node.owner, access=node.access)
+        return node
 
-    async def _create_symlink(self, e: Entry, op: Op, parent_id: int) -> None:
+    async def _create_symlink(self, e: Entry, op: Op, parent_id: int) -> Any:
         try:
             node = await self.remote.create_symlink(parent_id, op.name, e.target or "", mtime_ns=e.mtime_ns)
         except rerr.Exists as exc:
@@ -240,13 +318,16 @@ class Syncer:
             if node.target != (e.target or ""):
                 raise
         self.tree.update(e.inode, node_id=node.id, owner=node.owner, access=node.access)
+        return node
 
-    async def _create_create(self, e: Entry, op: Op, parent_id: int) -> None:
+    async def _create_create(self, e: Entry, op: Op, parent_id: int) -> Any:
         assert op.name is not None
-        await self._create_file(e, parent_id, op.name)
+        return await self._create_file(e, parent_id, op.name)
 
-    async def _create_file(self, e: Entry, parent_id: int, wanted: str) -> None:
+    async def _create_file(self, e: Entry, parent_id: int, wanted: str) -> Any:
+        """Create the file on the server (with its content if closed); the new node, None if adopted."""
         name = wanted
+        node = None
         for n in range(1, 100):
             try:
                 if self.vfs.is_being_written(e.inode):
@@ -256,7 +337,7 @@ class Syncer:
                                      access=node.access)
                 else:
                     try:
-                        await self._commit_content(e, parent_id=parent_id, name=name)
+                        node = await self._commit_content(e, parent_id=parent_id, name=name)
                     except rerr.FileChanged:
                         # Reopened and written during the upload: create it empty now (the op must not be
                         # dropped as refused), the content follows as a dirty file.
@@ -273,6 +354,7 @@ class Syncer:
                 log.warning("%r already exists on the server; keeping the local file as %r", wanted, name)
                 self.tree.update(e.inode, name=name)
                 self.vfs.invalidate(e.inode, e.parent_inode, wanted)
+        return node
 
     async def _adopt_own_create(self, e: Entry, exc: rerr.Exists) -> bool:
         """Whether the file in the way is this device's own earlier create whose answer was lost (a
@@ -363,7 +445,7 @@ class Syncer:
         cur = self.tree.update(e.inode, node_id=None, version=0)
         await self._create_file(cur, parent.node_id, e.name)
 
-    async def _commit_content(self, e: Entry, **target: Any) -> None:
+    async def _commit_content(self, e: Entry, **target: Any) -> Any:
         gen = self.vfs.live_gen(e.inode)
         path = self.tree.data_path(e.inode)
         mtime_ns = os.stat(path).st_mtime_ns
@@ -377,11 +459,12 @@ class Syncer:
         with self.tree.index.transaction():
             cur = self.tree.get(e.inode)
             if cur is None:
-                return
+                return node
             self.tree.update(e.inode, node_id=node.id, version=node.version, size=node.size,
                              content_hash=node.content_hash, owner=node.owner, access=node.access,
                              synced_gen=gen, content_gen=max(cur.content_gen, gen))
         log.info("committed %r as version %d (%d bytes)", e.name, node.version, node.size)
+        return node
 
     async def _save_conflicted_copy(self, e: Entry) -> None:
         """The server moved past our base: keep ours beside it as a conflicted copy, take theirs."""
