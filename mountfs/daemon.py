@@ -94,8 +94,9 @@ class Mount:
                                             chunk_cache=self.chunks, on_chunk=on_chunk, keep=False)
 
     async def _fetch_ranges(self, node_id: int, version: int, h: str, size: int,
-                            ranges: Sequence[tuple[int, int]]) -> None:
-        await self.transfer.download_ranges(node_id, version, h, size, ranges, chunk_cache=self.chunks)
+                            ranges: Sequence[tuple[int, int]], nearby: Sequence[str]) -> None:
+        await self.transfer.download_ranges(node_id, version, h, size, ranges, chunk_cache=self.chunks,
+                                            nearby=nearby)
 
     async def connect(self) -> None:
         """Learn the drive's root; with the server away, start from the cached tree if there is one."""

@@ -24,9 +24,12 @@ log = logging.getLogger("drivefs.reader")
 # fetch(node_id, version, chunks, on_chunk) downloads and verifies those (hash, size) chunks into the chunk
 # cache, calling on_chunk(hash) as each one is stored there.
 Fetch = Callable[[int, int, Sequence[tuple[str, int]], Callable[[str], None]], Awaitable[None]]
-# fetch_ranges(node_id, version, hash, size, ranges) downloads and verifies the blocks of that chunk under
-# those byte ranges [start, end) of it into the chunk cache (or the whole chunk, if it has no block hashes).
-FetchRanges = Callable[[int, int, str, int, Sequence[tuple[int, int]]], Awaitable[None]]
+# fetch_ranges(node_id, version, hash, size, ranges, nearby) downloads and verifies the blocks of that chunk
+# under those byte ranges [start, end) of it into the chunk cache (or the whole chunk, if it has no block
+# hashes); `nearby` names chunks around it that the next random reads may want (their URLs come along).
+FetchRanges = Callable[[int, int, str, int, Sequence[tuple[int, int]], Sequence[str]], Awaitable[None]]
+# Chunks on each side of a ranged read whose signed URLs are asked for with its own.
+NEARBY_URLS = 31
 
 
 @dataclass(frozen=True)
@@ -187,12 +190,13 @@ class Reader:
             if 2 * len(missing) * block >= chunk_size:
                 whole.append(i)  # most of the chunk anyway: one whole fetch, which verifies it as a chunk
             elif missing:
-                await self._fetch_blocks(e, layout.version, h, chunk_size, block, missing)
+                nearby = layout.hashes[max(0, i - NEARBY_URLS):i + NEARBY_URLS + 1]
+                await self._fetch_blocks(e, layout.version, h, chunk_size, block, missing, nearby)
         if whole:
             await self._ensure(e, layout, whole)
 
     async def _fetch_blocks(self, e: Entry, version: int, h: str, chunk_size: int, block: int,
-                            blocks: list[int]) -> None:
+                            blocks: list[int], nearby: Sequence[str]) -> None:
         """Fetch these blocks of chunk `h`, sharing fetches of the same blocks already under way."""
         waits = [self._blocks_inflight[(h, b)] for b in blocks if (h, b) in self._blocks_inflight]
         mine = {(h, b): trio.Event() for b in blocks if (h, b) not in self._blocks_inflight}
@@ -203,7 +207,7 @@ class Reader:
                     raise FsError(errno.EIO, f"{e.name!r} has no server copy to read")
                 ranges = [(b * block, min((b + 1) * block, chunk_size)) for _, b in mine]
                 try:
-                    await self.fetch_ranges(e.node_id, version, h, chunk_size, ranges)
+                    await self.fetch_ranges(e.node_id, version, h, chunk_size, ranges, nearby)
                 except rerr.RemoteError as exc:
                     raise FsError(errno.EIO, f"cannot fetch data of {e.name!r}: {exc}") from None
         finally:

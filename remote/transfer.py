@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -44,6 +45,7 @@ from typing import Any, Protocol
 
 import trio
 import zstandard
+from cachetools import LRUCache
 
 from cache.blocks import BlockMap, block_range, runs
 from cache.chunker import ChunkRef, chunk_stream, hash_bytes
@@ -61,6 +63,8 @@ log = logging.getLogger("drivefs.remote")
 ZSTD_LEVEL = 3
 # Ranged downloads up to this many bytes are verified on the trio thread.
 _VERIFY_INLINE = 256 * 2**10
+# A remembered range URL is used only while it has at least this long to live.
+RANGE_URL_MARGIN_S = 30.0
 # Send zstd only when it saves at least this fraction of the plain size.
 MIN_SAVING = 0.10
 # Signed download URLs asked for per request; they live minutes, so not many more than we soon use.
@@ -140,6 +144,8 @@ class Transfer:
         self.concurrency = concurrency
         self.zstd_level = zstd_level
         self._counters = _Counters()
+        # (node id, version, chunk hash) -> its signed URL with block hashes, for download_ranges.
+        self._range_urls: LRUCache[tuple[int, int, str], SignedUrl] = LRUCache(maxsize=1024)
 
     def statistics(self) -> TransferStatistics:
         return TransferStatistics(**vars(self._counters))
@@ -496,16 +502,18 @@ class Transfer:
         raise AssertionError("unreachable")
 
     async def download_ranges(self, node_id: int, version: int, h: str, size: int,
-                              ranges: Sequence[tuple[int, int]], *, chunk_cache: ChunkCache) -> None:
+                              ranges: Sequence[tuple[int, int]], *, chunk_cache: ChunkCache,
+                              nearby: Sequence[str] = ()) -> None:
         """Get the blocks of chunk `h` (`size` bytes) under the byte ranges [start, end) into `chunk_cache`.
 
         One ranged GET per run of adjacent blocks not held yet; every block is checked against the block
         hash the server computed for the chunk (a range failing that is fetched once more, then
         CorruptChunk). The last block to arrive makes the partial chunk whole (checked against `h`). A chunk
         the server has no block hashes for (stored before it computed them, or stored zstd) is fetched
-        and stored whole instead.
+        and stored whole instead. `nearby`: other chunks of the version a random reader may well come to
+        next; their URLs are asked for in the same request and kept for later calls.
         """
-        (url,) = await self.api.download_urls(node_id, version, [h], blocks=True)
+        url = await self._range_url(node_id, version, h, nearby)
         if url.encoding != "none" or url.block_hashes is None or url.block_size is None:
             data = await self._get_verified(node_id, version, h, size, url)
             await trio.to_thread.run_sync(partial(chunk_cache.store_file, h, data, verified=True))
@@ -523,6 +531,7 @@ class Transfer:
             wanted = set(held.missing(wanted))
         for blocks in runs(wanted):
             url, data = await self._get_blocks_verified(node_id, version, bmap, blocks, url)
+            self._range_urls[(node_id, version, h)] = url
             # As in _fetch: the file is written in a worker thread, the index used on this one only.
             await trio.to_thread.run_sync(chunk_cache.store_blocks, bmap, blocks[0], data)
             now = chunk_cache.record_blocks(bmap, blocks)
@@ -531,6 +540,20 @@ class Transfer:
                     chunk_cache.record(h, size)
                 else:
                     chunk_cache.drop_blocks(h)
+
+    async def _range_url(self, node_id: int, version: int, h: str, nearby: Sequence[str] = ()) -> SignedUrl:
+        """A signed URL of chunk `h` with its block hashes, reused while it has a while to live: random
+        reads come back to the same chunks, and a new URL costs a request to the server each time (so
+        the URLs of `nearby` chunks without a usable one come in the same request)."""
+        def usable(x: str) -> bool:
+            url = self._range_urls.get((node_id, version, x))
+            return url is not None and url.expires_at - time.time() >= RANGE_URL_MARGIN_S
+
+        if not usable(h):
+            wanted = [h] + [x for x in dict.fromkeys(nearby) if x != h and not usable(x)][:DOWNLOAD_URL_BATCH - 1]
+            for url in await self.api.download_urls(node_id, version, wanted, blocks=True):
+                self._range_urls[(node_id, version, url.hash)] = url
+        return self._range_urls[(node_id, version, h)]
 
     async def _get_blocks_verified(self, node_id: int, version: int, bmap: BlockMap, blocks: range,
                                    url: SignedUrl) -> tuple[SignedUrl, bytes]:

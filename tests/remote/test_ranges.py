@@ -46,9 +46,11 @@ async def test_ranges_fetch_just_their_blocks_then_promote(api, tmp_path, cache)
     assert cache.read_range(e.hash, BLOCK, 2 * BLOCK) == data[BLOCK:3 * BLOCK]
     assert cache.usage().bytes == 3 * BLOCK
     # blocks held are not fetched again; the rest completes the chunk, which becomes a whole one
+    requests = api.statistics().requests
     await transfer.download_ranges(node.id, node.version, e.hash, e.size, [(0, e.size)], chunk_cache=cache)
     stats = transfer.statistics()
     assert stats.ranges_received == 5 and stats.bytes_received == len(data)  # blocks 0, 3 and 5: 3 GETs
+    assert api.statistics().requests == requests + 3  # the signed URL is reused while it lives
     assert e.hash in cache and cache.block_map(e.hash) is None and cache.get(e.hash) == data
 
 
