@@ -17,6 +17,7 @@ __all__ = [
     "ChunkRef",
     "chunk_file",
     "chunk_stream",
+    "chunk_views",
     "hash_bytes",
     "is_chunk_hash",
     "manifest_of",
@@ -68,7 +69,14 @@ def _new_cutter() -> FastCDC:
 
 
 def chunk_stream(f: BinaryIO) -> Iterator[tuple[ChunkRef, bytes]]:
-    """Yield (ref, bytes) for each chunk of the stream, in order, with memory bounded by a few MAX_CHUNKs.
+    """Yield (ref, bytes) for each chunk of the stream, in order, with memory bounded by a few MAX_CHUNKs."""
+    for ref, view in chunk_views(f):
+        yield ref, bytes(view)
+
+
+def chunk_views(f: BinaryIO) -> Iterator[tuple[ChunkRef, memoryview]]:
+    """chunk_stream without copying: each chunk's bytes are a view into the cutter's buffer, valid only
+    until the next chunk is asked for (for callers that hash or sample them on the spot).
 
     pyfastcdc's stream cutter keeps one buffer of 2 * MAX_CHUNK and refills it (looping over short
     reads) whenever less than MAX_CHUNK is left, so every cut decision sees the same bytes however the
@@ -81,14 +89,17 @@ def chunk_stream(f: BinaryIO) -> Iterator[tuple[ChunkRef, bytes]]:
     head = _read_up_to(f, _WHOLE_LIMIT + 1)
     if len(head) <= MIN_CHUNK:
         if head:
-            yield ChunkRef(offset=0, size=len(head), hash=hash_bytes(head)), head
+            yield ChunkRef(offset=0, size=len(head), hash=hash_bytes(head)), memoryview(head)
         return
-    chunks = _new_cutter().cut_buf(head) if len(head) <= _WHOLE_LIMIT else \
-        _new_cutter().cut_stream(_Prefixed(head, f))
+    if len(head) <= _WHOLE_LIMIT:
+        chunks = _new_cutter().cut_buf(head)
+    else:
+        chunks = _new_cutter().cut_stream(_Prefixed(head, f))
+        del head  # _Prefixed lets go of these 8 MiB once the cutter has copied them into its own buffer
     for chunk in chunks:
-        # The memoryview points into pyfastcdc's buffer and is overwritten by the next chunk: copy it.
-        data = bytes(chunk.data)
-        yield ChunkRef(offset=chunk.offset, size=len(data), hash=hash_bytes(data)), data
+        # The memoryview points into pyfastcdc's buffer, which the next chunk overwrites.
+        view = chunk.data
+        yield ChunkRef(offset=chunk.offset, size=len(view), hash=hash_bytes(view)), view
 
 
 def _read_up_to(f: BinaryIO, n: int) -> bytes:
@@ -114,7 +125,8 @@ class _Prefixed:
         if self._head:
             n = min(len(buf), len(self._head))
             buf[:n] = self._head[:n]
-            self._head = self._head[n:]
+            # An empty slice would still hold the whole head: drop it once consumed.
+            self._head = self._head[n:] if n < len(self._head) else memoryview(b"")
             return n
         readinto = getattr(self._rest, "readinto", None)
         if readinto is not None:

@@ -16,6 +16,7 @@ from cache.chunker import (
     ChunkRef,
     chunk_file,
     chunk_stream,
+    chunk_views,
     hash_bytes,
     manifest_of,
 )
@@ -130,6 +131,16 @@ def test_small_and_in_memory_streams_cut_like_the_stream_cutter():
                      for c in _new_cutter().cut_stream(io.BytesIO(data))]
         assert [ref for ref, _part in chunks_of(data)] == reference, size
         assert [ref for ref, _part in chunk_stream(ShortReader(data, [65_537]))] == reference, size
+
+
+def test_views_read_on_the_spot_are_the_chunks():
+    # chunk_views hands out views into the cutter's buffer instead of copies: read before the next chunk
+    # is asked for, they must be exactly chunk_stream's chunks, for in-memory and streamed inputs alike.
+    for size in (1, MIN_CHUNK + 1, 3 * MiB + 5, 2 * MAX_CHUNK + 1, 11 * MiB):
+        data = random_bytes(size, seed=size)
+        views = [(ref, bytes(view)) for ref, view in chunk_views(ShortReadintoReader(data, [65_537]))]
+        assert views == chunks_of(data), size
+        assert_well_formed(data, views)
 
 
 def test_inserting_one_byte_changes_only_the_chunks_around_it():
