@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cache.chunker import hash_bytes, is_chunk_hash
 
-__all__ = ["PARTIAL_SUFFIX", "ChunkStore", "StoreEntry", "TEMP_MARKER"]
+__all__ = ["PARTIAL_SUFFIX", "TEMP_MARKER", "ChunkStore", "StoreEntry"]
 
 # Temp files carry this in their name so that reconciliation can tell them from chunk files.
 TEMP_MARKER = ".tmp-"

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from cache.blocks import BlockMap, block_range, runs
-from cache.chunker import hash_bytes
 from cache.chunkcache import ChunkCache
+from cache.chunker import hash_bytes
 from cache.index import Index
 
 KiB = 1024
