@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+import threading
 
 import pytest
 
@@ -92,3 +93,34 @@ def test_a_damaged_block_is_refused_and_the_rest_of_the_chunk_reads(mount):
             os.close(fd)
     finally:
         mount.server.blob_put(big["hash"], bytes(data[big["offset"]:big["offset"] + big["size"]]))
+
+
+def test_readers_of_one_block_share_its_fetch(mount):
+    data = random.Random(8).randbytes(SIZE)
+    (mount.path / "s.bin").write_bytes(data)
+    mount.flush()
+    big = max(_manifest(mount, "s.bin"), key=lambda c: c["size"])
+    _cold(mount)
+    # eight pages of block 2 of that chunk, all inside the block, read at the same moment
+    first_page = -(-(big["offset"] + 2 * BLOCK) // 4096) * 4096
+    pages = [first_page + i * 4096 for i in range(8)]
+    assert pages[-1] + 4096 <= big["offset"] + 3 * BLOCK
+    barrier = threading.Barrier(len(pages))
+    got: dict[int, bytes] = {}
+
+    def read(off: int) -> None:
+        fd = os.open(mount.path / "s.bin", os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            barrier.wait()
+            got[off] = os.pread(fd, 4096, off)
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=read, args=(off,)) for off in pages]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(got[off] == data[off:off + 4096] for off in pages)
+    assert _status(mount)["fetched_bytes"] == BLOCK  # one fetch of the block, whoever asked first
