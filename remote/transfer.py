@@ -3,22 +3,30 @@ when it pays, verified, in parallel, and resumable after a crash.
 
 Upload (`Transfer.upload_file`):
 
-1. Scan: cut the file into content-defined chunks and hash them (cache.chunker), keeping only the
-   refs (offset, size, hash) and the whole file's SHA-256, never the bytes.
-2. Session: open an upload session with the manifest (POST /uploads); the server answers which chunks
-   it lacks (deduplicated against what this user can already read). With an Index and an upload key,
-   the session id and manifest are saved first; a later run with the same key and the same file
-   content and target reuses the session (if it has not expired) and asks it again what is missing:
-   the server's list is the truth, the saved done set only reports progress.
-3. Send: re-read only the missing chunks by offset (os.pread, in threads), check their hash again
-   (FileChanged if the file moved under us), zstd-compress when that saves at least 10%, get signed
-   PUT URLs in batches and PUT with bounded concurrency. A pipeline of bounded channels keeps at most
-   a few chunks per worker in memory, whatever the file size:
+1. Scan and send in one pass: a worker thread cuts the file into content-defined chunks and hashes
+   them (cache.chunker) and the whole file (SHA-256), and passes each chunk's ref on as it is cut to a
+   router, which asks the server which of a batch it lacks (POST /chunks/missing: deduplicated against
+   what this user can already read), gets signed PUT URLs and hands them to parallel putters. So the
+   first PUT starts while the rest of the file is still being cut, and each chunk is hashed once:
 
-       feeder ─refs─> preparers (read, verify, compress) ─ready─> url batcher ─(chunk, url)─> putters
+       cutter (read, cut, hash) ─refs─> router (missing?, [read + zstd], URLs) ─(chunk, url)─> putters
 
-4. Commit the session (idempotent on the server, so retried freely); on MissingChunks, send those and
-   commit again; on an expired session, open a new one (uploaded chunks are kept) and go on.
+   A chunk's bytes are read again (from the page cache the cutter just filled) only when it is about
+   to be sent, so memory holds about one chunk per putter whatever the file size. They are not hashed
+   again: the server hashes every chunk it receives and refuses bytes that do not match their name
+   (FileChanged here), and the file's size, mtime and ctime are compared before and after the pass
+   (FileChanged if it was written meanwhile). zstd is tried only on chunks whose sample compresses
+   (see _packable), and kept when it saves at least 10%; those chunks are read and compressed before
+   their URL is asked for, since the stored size is signed into it.
+2. Session: open an upload session with the manifest (POST /uploads); every chunk is on the server by
+   now, so its missing list is normally empty. With an Index and an upload key the session id and the
+   target (which holds the content hash) are saved, so a rerun after a crash between opening and
+   committing finds the committed session (and gets the same node back, not a second version).
+   A run killed during step 1 needs no saved state: the server already holds the chunks it verified,
+   so the rerun sends only the others.
+3. Commit the session (idempotent on the server, so retried freely); on MissingChunks, re-read those by
+   offset, check their hash (FileChanged otherwise), send them and commit again; on an expired session,
+   open a new one (uploaded chunks are kept) and go on.
 
 Download (`Transfer.download_chunks`, `Transfer.download_file`): signed GET URLs in batches, fetched in
 parallel; each chunk is decoded and checked against its hash before anyone sees it (CorruptChunk
@@ -41,14 +49,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import trio
 import zstandard
 from cachetools import LRUCache
 
 from cache.blocks import BlockMap, block_range, runs
-from cache.chunker import ChunkRef, chunk_stream, hash_bytes
+from cache.chunker import ChunkRef, chunk_views, hash_bytes
 from cache.chunkcache import ChunkCache
 from cache.index import Index
 
@@ -69,8 +77,11 @@ RANGE_URL_MARGIN_S = 30.0
 MIN_SAVING = 0.10
 # Signed download URLs asked for per request; they live minutes, so not many more than we soon use.
 DOWNLOAD_URL_BATCH = 64
-# How often the done set of an upload is written to the index (seconds of trio time).
-MARK_EVERY_S = 1.0
+# Refs the cutter may run ahead of the router, and the most it asks the server about at once. Refs are
+# small (no bytes), so this only bounds how far ahead of the PUTs the file is read.
+ROUTE_BATCH = 32
+# Bytes of a chunk's start and of its middle compressed to judge whether zstd pays for it.
+SAMPLE_BYTES = 32 * 2**10
 # Rounds of send-then-commit before an upload whose chunks keep going missing gives up.
 COMMIT_ROUNDS = 4
 
@@ -123,15 +134,28 @@ class _Scan:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """One chunk ready to PUT: its stored bytes (plain or zstd) and how they are encoded."""
+    """One chunk ready to PUT: its stored bytes (plain or zstd) and how they are encoded. A plain chunk may
+    come without its bytes (body None): it is read from the file just before its PUT."""
 
     ref: ChunkRef
-    body: bytes
+    body: bytes | None
     encoding: str
 
     def upload_chunk(self) -> UploadChunk:
-        return UploadChunk(hash=self.ref.hash, size=self.ref.size, stored_size=len(self.body),
+        stored = self.ref.size if self.body is None else len(self.body)
+        return UploadChunk(hash=self.ref.hash, size=self.ref.size, stored_size=stored,
                            encoding=self.encoding)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _Cut:
+    """A chunk just cut, as the cutter hands it on: where it is, and whether zstd is worth trying on it."""
+
+    ref: ChunkRef
+    packable: bool
+
+
+_Signed = tuple[_Prepared, SignedUrl]
 
 
 class Transfer:
@@ -180,83 +204,67 @@ class Transfer:
         path = os.fspath(path)
         workers = concurrency or self.concurrency
         key = upload_key or f"path:{os.path.abspath(path)}"
-        scan = await trio.to_thread.run_sync(_scan, path)
-        target: dict[str, Any] = {"node_id": node_id, "base_version": base_version, "parent_id": parent_id,
-                                  "name": name, "mode": mode, "mtime_ns": mtime_ns,
-                                  "content_hash": scan.content_hash}
-        session = await self._resume(index, key, scan, target) if index is not None else None
-        if session is None:
-            session = await self._open_session(index, key, scan, target)
-        else:
-            log.info("resuming upload %s: %d chunks still missing", key, len(session.missing))
-
-        by_hash = {ref.hash: ref for ref in scan.refs}
-        bytes_of: dict[str, int] = defaultdict(int)
-        for ref in scan.refs:
-            bytes_of[ref.hash] += ref.size
-        self._counters.chunks_skipped += len(by_hash) - len(set(session.missing))
-        done = scan.size - sum(bytes_of[h] for h in set(session.missing))
-        marker = _DoneMarker(index, key)
-
-        def sent(h: str) -> None:
-            nonlocal done
-            done += bytes_of[h]
-            marker.add(h)
-            if progress is not None:
-                progress(done, scan.size)
-
-        if progress is not None:
-            progress(done, scan.size)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            for _round in range(COMMIT_ROUNDS):
-                if not session.committed:
-                    unknown = [h for h in session.missing if h not in by_hash]
-                    if unknown:
-                        raise errors.RemoteError(f"the server asks for {len(unknown)} chunks this file does not have")
-                    refs = [by_hash[h] for h in dict.fromkeys(session.missing)]
-                    await self._send(fd, refs, sent, workers)
-                    marker.flush()
-                try:
-                    node = await self.api.commit_upload(session.id)
-                    break
-                except errors.MissingChunks as e:
-                    log.warning("commit of upload %s found %d chunks missing; sending them again", key, len(e.missing))
-                    session = UploadSession(id=session.id, missing=tuple(e.missing), expires_at=session.expires_at)
-                except (errors.Expired, errors.NotFound):
-                    # The session expired or was dropped; chunks already sent are kept by the server.
-                    session = await self._open_session(index, key, scan, target)
-                except errors.VersionConflict:
-                    self._forget(index, key)
-                    raise
+        # Opened once: chunks are re-read for their PUT from the same file the pass cut.
+        with os.fdopen(os.open(path, os.O_RDONLY), "rb") as f:
+            before = os.fstat(f.fileno())
+            report = _Progress(progress, before.st_size)
+            scan = await self._scan_and_send(f, workers, report)
+            if _identity(os.fstat(f.fileno())) != _identity(before) or scan.size != before.st_size:
+                raise errors.FileChanged(f"{path} changed while it was being uploaded; upload it again")
+            target: dict[str, Any] = {"node_id": node_id, "base_version": base_version, "parent_id": parent_id,
+                                      "name": name, "mode": mode, "mtime_ns": mtime_ns,
+                                      "content_hash": scan.content_hash}
+            session = await self._resume(index, key, target) if index is not None else None
+            if session is None:
+                session = await self._open_session(index, key, scan, target)
             else:
-                raise errors.RemoteError(f"upload {key}: chunks kept going missing after {COMMIT_ROUNDS} commits")
-        finally:
-            os.close(fd)
-            marker.flush()
+                log.info("resuming upload %s: %d chunks still missing", key, len(session.missing))
+            node = await self._commit(f.fileno(), index, key, session, scan, target, workers)
         self._forget(index, key)
-        if progress is not None:
-            progress(scan.size, scan.size)
+        report.finish(scan.size)
         return node
+
+    async def _commit(self, fd: int, index: Index | None, key: str, session: UploadSession, scan: _Scan,
+                      target: dict[str, Any], workers: int) -> Node:
+        """Commit the session, first sending (re-read from `fd`) any chunk the server still lacks."""
+        by_hash = {ref.hash: ref for ref in scan.refs}
+        for _round in range(COMMIT_ROUNDS):
+            if not session.committed and session.missing:
+                unknown = [h for h in session.missing if h not in by_hash]
+                if unknown:
+                    raise errors.RemoteError(f"the server asks for {len(unknown)} chunks this file does not have")
+                await self._send(fd, [by_hash[h] for h in dict.fromkeys(session.missing)], workers)
+            try:
+                return await self.api.commit_upload(session.id)
+            except errors.MissingChunks as e:
+                log.warning("commit of upload %s found %d chunks missing; sending them again", key, len(e.missing))
+                session = UploadSession(id=session.id, missing=tuple(e.missing), expires_at=session.expires_at)
+            except (errors.Expired, errors.NotFound):
+                # The session expired or was dropped; chunks already sent are kept by the server.
+                session = await self._open_session(index, key, scan, target)
+            except errors.VersionConflict:
+                self._forget(index, key)
+                raise
+        raise errors.RemoteError(f"upload {key}: chunks kept going missing after {COMMIT_ROUNDS} commits")
 
     async def _open_session(self, index: Index | None, key: str, scan: _Scan, target: dict[str, Any]) -> UploadSession:
         session = await self.api.create_upload(scan.refs, scan.size, **target)
         if index is not None:
+            # No manifest and no done set are kept: the target holds the content hash, which names the
+            # content, and the server knows which chunks it has. So the row stays small for any file.
             with index.transaction():
-                index.save_upload(key, session.id, scan.refs)
+                index.save_upload(key, session.id, ())
                 index.set_kv(_target_key(key), _target_json(target))
         return session
 
-    async def _resume(self, index: Index, key: str, scan: _Scan, target: dict[str, Any]) -> UploadSession | None:
+    async def _resume(self, index: Index, key: str, target: dict[str, Any]) -> UploadSession | None:
         """The saved session of this upload if it is for the same content and target and still open."""
         state = index.load_upload(key)
         if state is None:
             return None
-        same = (state.session_id is not None and state.manifest == scan.refs
-                and index.get_kv(_target_key(key)) == _target_json(target))
-        if same:
+        if state.session_id is not None and index.get_kv(_target_key(key)) == _target_json(target):
             try:
-                return await self.api.get_upload(state.session_id)  # type: ignore[arg-type]
+                return await self.api.get_upload(state.session_id)
             except (errors.NotFound, errors.Expired):
                 log.info("saved upload session of %s is gone; starting a new one", key)
         elif state.session_id is not None:
@@ -274,69 +282,100 @@ class Transfer:
                 index.drop_upload(key)
                 index.delete_kv(_target_key(key))
 
-    async def _send(self, fd: int, refs: Sequence[ChunkRef], sent: Callable[[str], None], workers: int) -> None:
-        """PUT these chunks (read from `fd`), at most `workers` at a time, calling sent(hash) after each."""
-        if not refs:
-            return
-        preparers = max(1, min(workers, os.cpu_count() or 1))
+    async def _scan_and_send(self, f: BinaryIO, workers: int, report: _Progress) -> _Scan:
+        """Cut and hash the open file, sending each chunk the server lacks while the rest is still being
+        cut (at most `workers` PUTs at a time); the refs and the whole file's hash are the result."""
+        fd = f.fileno()
         level = self.zstd_level
+        scans: list[_Scan] = []
 
-        async def feed(out: trio.MemorySendChannel[ChunkRef]) -> None:
+        async def cut(out: trio.MemorySendChannel[_Cut]) -> None:
             async with out:
-                for ref in refs:
-                    await out.send(ref)
+                scans.append(await trio.to_thread.run_sync(_cut, f, out))
 
-        async def prepare(inp: trio.MemoryReceiveChannel[ChunkRef], out: trio.MemorySendChannel[_Prepared]) -> None:
+        async def route(inp: trio.MemoryReceiveChannel[_Cut], out: trio.MemorySendChannel[_Signed]) -> None:
+            handled: set[str] = set()  # hashes already sent or found on the server in this pass
             async with inp, out:
-                async for ref in inp:
-                    await out.send(await trio.to_thread.run_sync(_prepare, fd, ref, level))
-
-        async def batch_urls(inp: trio.MemoryReceiveChannel[_Prepared],
-                             out: trio.MemorySendChannel[tuple[_Prepared, SignedUrl]]) -> None:
-            async with inp, out:
-                while True:
-                    try:
-                        batch = [await inp.receive()]
-                    except trio.EndOfChannel:
-                        return
-                    while len(batch) < workers:
-                        try:
-                            batch.append(inp.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    urls = await self.api.upload_urls([p.upload_chunk() for p in batch])
-                    for item, url in zip(batch, urls, strict=True):
-                        await out.send((item, url))
-
-        async def put(inp: trio.MemoryReceiveChannel[tuple[_Prepared, SignedUrl]]) -> None:
-            async with inp:
-                async for item, url in inp:
-                    try:
-                        await self.api.put_blob(url, item.body)
-                    except errors.Expired:
-                        (url,) = await self.api.upload_urls([item.upload_chunk()])
-                        await self.api.put_blob(url, item.body)
-                    c = self._counters
-                    c.chunks_sent += 1
-                    c.bytes_sent += len(item.body)
-                    c.plain_bytes_sent += item.ref.size
-                    c.chunks_compressed += item.encoding == "zstd"
-                    sent(item.ref.hash)
+                while batch := await _receive_batch(inp, ROUTE_BATCH):
+                    fresh = list(dict.fromkeys(c.ref.hash for c in batch if c.ref.hash not in handled))
+                    handled.update(fresh)
+                    lacking = set(await self.api.missing_chunks(fresh)) if fresh else set()
+                    self._counters.chunks_skipped += len(fresh) - len(lacking)
+                    plain: list[_Prepared] = []
+                    packable: list[ChunkRef] = []
+                    for c in batch:
+                        if c.ref.hash not in lacking:
+                            report.add(c.ref.size)
+                            continue
+                        lacking.discard(c.ref.hash)  # a chunk repeated in the batch is sent once
+                        if c.packable:
+                            packable.append(c.ref)
+                        else:
+                            plain.append(_Prepared(c.ref, None, "none"))
+                    # Plain chunks hold no bytes until their PUT, so a whole batch is signed at once;
+                    # compressed ones are held, so a few at a time.
+                    await self._sign(plain, out)
+                    for i in range(0, len(packable), workers):
+                        group = packable[i:i + workers]
+                        await self._sign(await trio.to_thread.run_sync(_pack_group, fd, group, level), out)
 
         async with _workers() as nursery:
-            refs_in, refs_out = trio.open_memory_channel[ChunkRef](0)
-            # Prepared chunks wait here for their URLs: a small buffer keeps memory at a few chunks per
-            # worker (each PUT also holds a copy of its body inside h11 while it is sent).
-            ready_in, ready_out = trio.open_memory_channel[_Prepared](preparers)
-            put_in, put_out = trio.open_memory_channel[tuple[_Prepared, SignedUrl]](0)
-            nursery.start_soon(feed, refs_in)
-            async with refs_out, ready_in:
-                for _ in range(preparers):
-                    nursery.start_soon(prepare, refs_out.clone(), ready_in.clone())
-            nursery.start_soon(batch_urls, ready_out, put_in)
+            cut_in, cut_out = trio.open_memory_channel[_Cut](ROUTE_BATCH)
+            put_in, put_out = trio.open_memory_channel[_Signed](0)
+            nursery.start_soon(cut, cut_in)
+            nursery.start_soon(route, cut_out, put_in)
             async with put_out:
                 for _ in range(workers):
-                    nursery.start_soon(put, put_out.clone())
+                    nursery.start_soon(self._put, fd, put_out.clone(), report)
+        return scans[0]
+
+    async def _send(self, fd: int, refs: Sequence[ChunkRef], workers: int) -> None:
+        """PUT these chunks (re-read from `fd` and checked against their hash), at most `workers` at a time."""
+        level = self.zstd_level
+
+        async def prepare(out: trio.MemorySendChannel[_Signed]) -> None:
+            async with out:
+                for i in range(0, len(refs), workers):
+                    ready = [await trio.to_thread.run_sync(_prepare, fd, ref, level) for ref in refs[i:i + workers]]
+                    await self._sign(ready, out)
+
+        async with _workers() as nursery:
+            put_in, put_out = trio.open_memory_channel[_Signed](0)
+            nursery.start_soon(prepare, put_in)
+            async with put_out:
+                for _ in range(workers):
+                    nursery.start_soon(self._put, fd, put_out.clone(), _Progress(None, 0))
+
+    async def _sign(self, ready: list[_Prepared], out: trio.MemorySendChannel[_Signed]) -> None:
+        """Get PUT URLs for a batch of prepared chunks (one request) and pass each on with its URL."""
+        if not ready:
+            return
+        urls = await self.api.upload_urls([p.upload_chunk() for p in ready])
+        for item, url in zip(ready, urls, strict=True):
+            await out.send((item, url))
+
+    async def _put(self, fd: int, inp: trio.MemoryReceiveChannel[_Signed], report: _Progress) -> None:
+        async with inp:
+            async for item, url in inp:
+                body = item.body if item.body is not None else await trio.to_thread.run_sync(_read, fd, item.ref)
+                try:
+                    try:
+                        await self.api.put_blob(url, body)
+                    except errors.Expired:
+                        (url,) = await self.api.upload_urls([item.upload_chunk()])
+                        await self.api.put_blob(url, body)
+                except errors.Invalid:
+                    # The server hashes every chunk it receives: bytes read again that no longer match
+                    # the hash they were cut with mean the file was written since.
+                    raise errors.FileChanged(f"the file changed during its upload (chunk at offset "
+                                             f"{item.ref.offset}); upload it again") from None
+                c = self._counters
+                c.chunks_sent += 1
+                c.bytes_sent += len(body)
+                c.plain_bytes_sent += item.ref.size
+                c.chunks_compressed += item.encoding == "zstd"
+                report.add(item.ref.size)
+                del body
 
     # ---- download ---------------------------------------------------------------------------------
 
@@ -608,31 +647,39 @@ def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
             yield exc
 
 
-class _DoneMarker:
-    """Batches the hashes an upload has sent into the index's done set, at most once per MARK_EVERY_S."""
+class _Progress:
+    """Reports plain bytes of the file the server holds (sent or found there) to an optional callback."""
 
-    def __init__(self, index: Index | None, key: str) -> None:
-        self.index = index
-        self.key = key
-        self.pending: list[str] = []
-        self.last = trio.current_time()
+    def __init__(self, callback: Progress | None, total: int) -> None:
+        self.callback = callback
+        self.total = total
+        self.done = 0
+        if callback is not None:
+            callback(0, total)
 
-    def add(self, h: str) -> None:
-        if self.index is None:
-            return
-        self.pending.append(h)
-        if trio.current_time() - self.last >= MARK_EVERY_S:
-            self.flush()
+    def add(self, n: int) -> None:
+        # Never past the total: a chunk found missing again at commit is sent (and counted) twice.
+        self.done = min(self.done + n, self.total)
+        if self.callback is not None:
+            self.callback(self.done, self.total)
 
-    def flush(self) -> None:
-        if self.index is None or not self.pending:
-            return
+    def finish(self, size: int) -> None:
+        if self.callback is not None:
+            self.callback(size, size)
+
+
+async def _receive_batch(inp: trio.MemoryReceiveChannel[_Cut], most: int) -> list[_Cut]:
+    """Wait for one item, then take whatever else is ready, up to `most`; [] once the channel is closed."""
+    try:
+        batch = [await inp.receive()]
+    except trio.EndOfChannel:
+        return []
+    while len(batch) < most:
         try:
-            self.index.mark_upload_done(self.key, self.pending)
-        except KeyError:
-            pass  # the state was dropped (committed or conflicted): nothing left to record
-        self.pending = []
-        self.last = trio.current_time()
+            batch.append(inp.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+    return batch
 
 
 def _target_key(upload_key: str) -> str:
@@ -643,21 +690,56 @@ def _target_json(target: dict[str, Any]) -> str:
     return json.dumps(target, sort_keys=True, separators=(",", ":"))
 
 
-def _scan(path: str) -> _Scan:
-    """Chunk refs and the SHA-256 of the whole file, reading it once and keeping no chunk bytes."""
+def _cut(f: BinaryIO, out: trio.MemorySendChannel[_Cut]) -> _Scan:
+    """(In a worker thread.) Cut and hash the file, passing each chunk's ref to `out` as soon as it is cut;
+    the result holds all refs and the SHA-256 of the whole file. The bytes are not kept: the chunks to
+    send are read again just before their PUT, from the page cache this pass just filled."""
     whole = hashlib.sha256()
     refs = []
-    with open(path, "rb") as f:
-        before = os.fstat(f.fileno())
-        for ref, data in chunk_stream(f):
-            whole.update(data)
-            refs.append(ref)
-            trio.from_thread.check_cancelled()
-        after = os.fstat(f.fileno())
-    size = sum(r.size for r in refs)
-    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or size != after.st_size:
-        raise errors.FileChanged(f"{path} changed while it was being read; upload it again")
-    return _Scan(tuple(refs), size, whole.hexdigest())
+    for ref, view in chunk_views(f):
+        whole.update(view)
+        refs.append(ref)
+        trio.from_thread.run(out.send, _Cut(ref, _packable(view)))
+    return _Scan(tuple(refs), sum(r.size for r in refs), whole.hexdigest())
+
+
+def _packable(data: memoryview) -> bool:
+    """Whether zstd is worth trying on this chunk, judged from a sample of its start and middle: zstd's
+    fastest level on 64 KiB costs ~1% of compressing the chunk, and most large files (media, archives,
+    encrypted data) do not compress at all."""
+    if len(data) > 2 * SAMPLE_BYTES:
+        mid = len(data) // 2
+        return _saves(bytes(data[:SAMPLE_BYTES]) + bytes(data[mid:mid + SAMPLE_BYTES]))
+    return _saves(data)
+
+
+def _saves(data: bytes | memoryview) -> bool:
+    return len(zstandard.ZstdCompressor(level=1).compress(data)) <= len(data) * (1 - MIN_SAVING)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    # ctime too: a writer can set mtime back, never ctime.
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _read(fd: int, ref: ChunkRef) -> bytes:
+    data = os.pread(fd, ref.size, ref.offset)
+    if len(data) != ref.size:
+        raise errors.FileChanged(f"the file shrank during its upload (chunk at offset {ref.offset}); upload it again")
+    return data
+
+
+def _pack_group(fd: int, refs: Sequence[ChunkRef], level: int) -> list[_Prepared]:
+    compressor = zstandard.ZstdCompressor(level=level)
+    return [_pack(compressor, ref, _read(fd, ref)) for ref in refs]
+
+
+def _pack(compressor: zstandard.ZstdCompressor, ref: ChunkRef, data: bytes) -> _Prepared:
+    """The chunk as it is to be stored: zstd when that saves at least MIN_SAVING, else plain."""
+    packed = compressor.compress(data)
+    if len(packed) <= len(data) * (1 - MIN_SAVING):
+        return _Prepared(ref, packed, "zstd")
+    return _Prepared(ref, data, "none")
 
 
 def _prepare(fd: int, ref: ChunkRef, level: int) -> _Prepared:
@@ -665,10 +747,7 @@ def _prepare(fd: int, ref: ChunkRef, level: int) -> _Prepared:
     data = os.pread(fd, ref.size, ref.offset)
     if len(data) != ref.size or hash_bytes(data) != ref.hash:
         raise errors.FileChanged(f"the file changed during its upload (chunk at offset {ref.offset}); upload it again")
-    packed = zstandard.ZstdCompressor(level=level).compress(data)
-    if len(packed) <= len(data) * (1 - MIN_SAVING):
-        return _Prepared(ref, packed, "zstd")
-    return _Prepared(ref, data, "none")
+    return _pack(zstandard.ZstdCompressor(level=level), ref, data)
 
 
 def _decode(h: str, size: int, encoding: str, body: bytes) -> bytes:

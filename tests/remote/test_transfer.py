@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-import trio
 
 from cache.chunkcache import ChunkCache
 from cache.chunker import chunk_file
 from cache.index import Index
 from remote import errors
-from remote.transfer import Transfer, _prepare, _scan
+from remote.transfer import Transfer, _prepare
 from tests.remote.conftest import connect
 from tests.remote.helpers import blob_files, same_file, write_random
 
@@ -136,13 +135,9 @@ async def test_resume_after_kill(server, tmp_path):
         assert 6 <= len(at_kill) < len(chunks)
 
         index = Index(index_path)
-        state = index.load_upload("k1")
-        assert state is not None and state.session_id  # the killed run left its session behind
-
-        async def no_new_session(*a, **kw):
-            raise AssertionError("the resumed upload opened a new session")
-
-        api.create_upload = no_new_session
+        # Killed while cutting and sending: no session yet, and none is needed to resume, because the
+        # server answers for each chunk whether it already holds it.
+        assert index.load_upload("k1") is None
         resumed = Transfer(api)
         node = await resumed.upload_file(src, parent_id=me.root_id, name="resume", index=index, upload_key="k1")
         stats = resumed.statistics()
@@ -248,14 +243,36 @@ async def test_progress_reaches_total(api, tmp_path):
         assert [d for d, _ in calls] == sorted(d for d, _ in calls)
 
 
-async def test_file_changed_during_upload_is_refused(tmp_path):
+async def test_file_changed_during_upload_is_refused(api, tmp_path):
+    me = await api.me()
+    src = write_random(tmp_path / "f", 8 * MiB)
+
+    def write_once_a_chunk_is_up(done: int, total: int) -> None:
+        # With one worker the other chunks are still to be sent, and read again for that: the server
+        # refuses the changed chunk, or the file's ctime has moved by the end of the pass.
+        if done and not written:
+            with open(src, "r+b") as f:
+                f.seek(7 * MiB)
+                f.write(b"changed")
+            written.append(done)
+
+    written: list[int] = []
+    with pytest.raises(errors.FileChanged):
+        await Transfer(api).upload_file(src, parent_id=me.root_id, name="f", concurrency=1,
+                                        progress=write_once_a_chunk_is_up)
+    assert written and written[0] < 7 * MiB
+    assert [n.name for n in (await api.list_children(me.root_id)).entries if n.name == "f"] == []
+
+
+async def test_chunk_changed_before_it_is_sent_again_is_refused(tmp_path):
+    # Chunks the server asks for again at commit are re-read by offset: they must still match their hash.
     src = write_random(tmp_path / "f", 2 * MiB)
-    scan = await trio.to_thread.run_sync(_scan, str(src))
+    ref = next(ref for ref, _data in chunk_file(src))
     write_random(src, 2 * MiB)
     fd = os.open(src, os.O_RDONLY)
     try:
         with pytest.raises(errors.FileChanged):
-            _prepare(fd, scan.refs[0], 3)
+            _prepare(fd, ref, 3)
     finally:
         os.close(fd)
 
