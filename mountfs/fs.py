@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import apsw
 import pyfuse3
+import trio
 
 from remote import errors as rerr
 
@@ -31,9 +32,10 @@ def _errno_edge(func: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]
     """Turn domain errors into FUSEError, logging the cause once (unexpected ones as EIO)."""
 
     @functools.wraps(func)
-    async def wrapper(*args: Any, **kwargs: Any) -> T:
+    async def wrapper(self: DriveOperations, *args: Any, **kwargs: Any) -> T:
+        self.vfs.last_request = trio.current_time()
         try:
-            return await func(*args, **kwargs)
+            return await func(self, *args, **kwargs)
         except pyfuse3.FUSEError:
             raise
         except FsError as e:

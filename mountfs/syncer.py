@@ -29,6 +29,11 @@ Report = Callable[[dict], Awaitable[None]]
 # Ops that make a new node by name in a folder; a run of them replays concurrently, this many at once.
 CREATE_KINDS = ("create", "mkdir", "symlink")
 REPLAY_PARALLEL = 8
+# The write-back shares the FUSE thread: during a burst of requests each step waits for a pause this
+# long, at most QUIET_MAX_S, and in all no longer than QUIET_MAX_S plus the time the pass has worked,
+# so under a steady stream of requests it still gets about half of the thread.
+QUIET_S = 0.1
+QUIET_MAX_S = 1.0
 
 
 def _carries(node: Any, attrs: dict[str, Any]) -> bool:
@@ -80,6 +85,7 @@ class Syncer:
         self._force = 0
         self._progress = trio.Event()
         self._bytes_done = 0
+        self._pass_start = self._pass_waited = 0.0  # when the pass began, and how long it waited for pauses
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -133,6 +139,21 @@ class Syncer:
                 self._progress.set()
                 self._progress = trio.Event()
 
+    async def _quiet_moment(self) -> None:
+        """Wait until no FUSE request came for QUIET_S, within the pass's budget; not while a flush waits."""
+        start = trio.current_time()
+        worked = start - self._pass_start - self._pass_waited
+        deadline = start + max(0.0, min(QUIET_MAX_S, QUIET_MAX_S + worked - self._pass_waited))
+        try:
+            while not self._force:
+                now = trio.current_time()
+                wait = min(self.vfs.last_request + QUIET_S, deadline) - now
+                if wait <= 0:
+                    return
+                await trio.sleep(min(wait, 0.05))  # in steps, so a flush asking meanwhile is not kept waiting
+        finally:
+            self._pass_waited += trio.current_time() - start
+
     def _note_error(self, message: str) -> None:
         if message != self.last_error:
             log.warning("%s", message)
@@ -141,12 +162,14 @@ class Syncer:
     async def sync_once(self, force: bool = False) -> None:
         """One pass: every queued op, then every file whose content is ready to commit."""
         self.stuck = False
+        self._pass_start, self._pass_waited = trio.current_time(), 0.0
         await self.replay_ops()
         for e in self.tree.dirty_files():
             if e.parent_inode is None or e.node_id is None:
                 continue
             if self.vfs.is_being_written(e.inode) and not force:
                 continue
+            await self._quiet_moment()
             try:
                 await self.upload_content(e)
             except (rerr.TransportFailure, rerr.ServerError):
@@ -191,6 +214,7 @@ class Syncer:
                 return
             i = 0
             while i < len(batch):
+                await self._quiet_moment()
                 creates, setattrs = self._independent_creates(batch, i)
                 if creates:
                     await self._replay_creates(creates, setattrs)
@@ -252,7 +276,7 @@ class Syncer:
         async def one(op: Op) -> None:
             try:
                 created[op.inode] = await self._replay(op)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - kept, and raised once the others are done
                 failures.append(e)
 
         async with trio.open_nursery() as nursery:

@@ -104,6 +104,8 @@ class Vfs:
         self.uid = os.getuid()
         self.gid = os.getgid()
         self.invalidator: Callable[[int | None, int | None, str | None], None] | None = None
+        # trio.current_time() of the latest FUSE request: the write-back waits for a pause in a burst.
+        self.last_request = 0.0
 
     # ---- entries and attributes ----------------------------------------------------------------
 
