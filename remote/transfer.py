@@ -357,7 +357,10 @@ class Transfer:
     async def _put(self, fd: int, inp: trio.MemoryReceiveChannel[_Signed], report: _Progress) -> None:
         async with inp:
             async for item, url in inp:
-                body = item.body if item.body is not None else await trio.to_thread.run_sync(_read, fd, item.ref)
+                # Read on this thread, not in a worker: the cutter has just brought these bytes into the
+                # page cache, and glibc gives each thread that allocates chunks an arena of its own whose
+                # freed memory it keeps (eight putters' threads grew the RSS with the file).
+                body = item.body if item.body is not None else _read(fd, item.ref)
                 try:
                     try:
                         await self.api.put_blob(url, body)
