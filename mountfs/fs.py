@@ -24,6 +24,9 @@ T = TypeVar("T")
 # Short timeouts: other devices change the tree too; the changes feed invalidates explicitly.
 ENTRY_TIMEOUT = 1.0
 ATTR_TIMEOUT = 1.0
+# Folders are renamed rarely and every remote change to one is invalidated by the feed, so the kernel may
+# keep a folder's name for longer: a stat of a/b/c then re-validates only the file, not each folder.
+FOLDER_ENTRY_TIMEOUT = 10.0
 BLOCK_SIZE = 1 << 20
 _KIND_BITS = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK}
 
@@ -89,7 +92,7 @@ class DriveOperations(pyfuse3.Operations):
         attr.st_mtime_ns = a.mtime_ns
         attr.st_ctime_ns = max(e.ctime_ns, a.mtime_ns)
         attr.generation = 0
-        attr.entry_timeout = ENTRY_TIMEOUT
+        attr.entry_timeout = FOLDER_ENTRY_TIMEOUT if e.kind == "dir" else ENTRY_TIMEOUT
         attr.attr_timeout = ATTR_TIMEOUT
         return attr
 
