@@ -1,7 +1,7 @@
 """Remote to local: follows the server's changes feed and brings the local tree and the kernel up to date.
 
-Changes this device made come back on the feed too; they are skipped (the local tree already has
-them). A change never overrides local work that is not yet on the server: a dirty file or a node named
+The server leaves this device's own changes out of the feed (the local tree already has them; a server
+that does not know to still sends them, and they are skipped here). A change never overrides local work that is not yet on the server: a dirty file or a node named
 by a pending op keeps its local state, and the syncer resolves the difference when it commits
 (conflicted copy, or re-creating a file that was deleted elsewhere while edited here).
 """
@@ -50,7 +50,7 @@ class FeedListener:
                 wait = LONG_POLL_S if self._long_poll else 0.0
                 if self.deferred:
                     wait = min(wait, 1.0)
-                page = await self.remote.changes(cursor, limit=500, wait=wait)
+                page = await self.remote.changes(cursor, limit=500, wait=wait, exclude_device=self.device)
                 failures = 0
                 self.online = True
             except (rerr.TransportFailure, rerr.ServerError) as e:

@@ -512,9 +512,13 @@ class ApiClient:
 
     # ---- changes feed -----------------------------------------------------------------------------
 
-    async def changes(self, cursor: str = "0", limit: int = 500, wait: float = 0.0) -> Changes:
-        """Changes after `cursor`; with `wait` > 0 the server holds the request until one exists (long-poll)."""
-        params = {"cursor": cursor, "limit": limit, "wait": wait}
+    async def changes(self, cursor: str = "0", limit: int = 500, wait: float = 0.0,
+                      exclude_device: str | None = None) -> Changes:
+        """Changes after `cursor`; with `wait` > 0 the server holds the request until one exists (long-poll).
+        With `exclude_device` the server leaves out that device's own changes (the cursor still moves on)."""
+        params: dict[str, str | int | float] = {"cursor": cursor, "limit": limit, "wait": wait}
+        if exclude_device is not None:
+            params["exclude_device"] = exclude_device
         timeout = httpx.Timeout(self._timeout + wait, connect=min(self._timeout, 5.0))
         return Changes.from_json(await self._api("GET", "/changes", idempotent=True, params=params,
                                                  timeout=timeout))

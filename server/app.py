@@ -326,15 +326,19 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.get(f"{API}/changes", response_model=models.Changes, tags=["changes"])
     async def changes(user: Caller, cursor: Annotated[str, Query(pattern=r"^[0-9]{1,18}$")] = "0",
                       limit: Limit = 500,
-                      wait: Annotated[float, Query(ge=0, le=limits.MAX_LONGPOLL_SECONDS)] = 0) -> models.Changes:
+                      wait: Annotated[float, Query(ge=0, le=limits.MAX_LONGPOLL_SECONDS)] = 0,
+                      exclude_device: Annotated[str | None, Query(max_length=255)] = None) -> models.Changes:
         after = int(cursor)
         deadline = time.monotonic() + wait
         while True:
             event = svc.notifier.event_for(user.id)
-            page = await run_in_threadpool(store.changes, user, after, limit)
+            page = await run_in_threadpool(store.changes, user, after, limit, exclude_device)
             remaining = deadline - time.monotonic()
             if page.changes or remaining <= 0:
                 return page
+            after = int(page.cursor)  # past the caller's own changes: keep waiting for others' from there
+            if page.has_more:
+                continue
             try:
                 await asyncio.wait_for(event.wait(), timeout=remaining)
             except asyncio.TimeoutError:

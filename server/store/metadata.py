@@ -806,7 +806,9 @@ class MetadataStore:
 
     # ---- the changes feed ----------------------------------------------------------------------
 
-    def changes(self, user: User, cursor: int, limit: int) -> models.Changes:
+    def changes(self, user: User, cursor: int, limit: int, exclude_device: str | None = None) -> models.Changes:
+        """Up to `limit` feed entries after `cursor`. With `exclude_device`, that device's own changes are
+        left out (it made them, so it has them), yet the cursor moves past them all the same."""
         with self.db.transaction() as tx:
             rows = tx.all(
                 "SELECT seq, kind, payload FROM feed WHERE user_id = ? AND seq > ? ORDER BY seq, node_id LIMIT ?",
@@ -814,6 +816,8 @@ class MetadataStore:
             )
         changes = [models.Change(seq=seq, kind=kind, **json.loads(payload)) for seq, kind, payload in rows[:limit]]
         new_cursor = changes[-1].seq if changes else cursor
+        if exclude_device is not None:
+            changes = [c for c in changes if c.device != exclude_device]
         return models.Changes(changes=changes, cursor=str(new_cursor), has_more=len(rows) > limit)
 
     def latest_cursor(self) -> int:

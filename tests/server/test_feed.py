@@ -98,6 +98,29 @@ def test_long_poll_wakes_on_a_change(alice):
     assert result["at"] - changed_at < 1.0, f"long-poll answered {result['at'] - changed_at:.2f}s after the change"
 
 
+def test_a_device_can_leave_its_own_changes_out(alice):
+    start = _feed(alice)["cursor"]
+    laptop = {"X-Drive-Device": "laptop"}
+    own = ok(alice.post("/folders", {"parent_id": alice.root, "name": "mine"}, headers=laptop), 201)
+    other = ok(alice.post("/folders", {"parent_id": alice.root, "name": "theirs"}, headers={"X-Drive-Device": "phone"}),
+               201)
+    anonymous = alice.mkdir(alice.root, "no-device")
+    f = alice.commit(own["id"], "f", random_chunks(1), device="laptop")
+
+    everything = _feed(alice, start)
+    page = _feed(alice, start, exclude_device="laptop")
+    assert _kinds(page["changes"]) == [("create", other["id"]), ("create", anonymous["id"])]
+    assert page["cursor"] == everything["cursor"]  # moved past its own changes all the same
+    assert len(everything["changes"]) == 4
+
+    # Nothing but its own changes since the cursor: a long-poll answers none, and a cursor past them.
+    cursor = page["cursor"]
+    ok(alice.patch(f"/nodes/{f['id']}", {"mode": 0o600}, headers=laptop))
+    quiet = _feed(alice, cursor, exclude_device="laptop", wait=0.5)
+    assert quiet["changes"] == [] and int(quiet["cursor"]) > int(cursor)
+    assert _kinds(_feed(alice, cursor)["changes"]) == [("update", f["id"])]  # still there for the others
+
+
 def test_long_poll_is_not_woken_by_other_users(alice, bob):
     cursor = _feed(alice)["cursor"]
     t0 = time.monotonic()
