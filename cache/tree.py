@@ -140,14 +140,16 @@ class Tree:
     def add(self, parent_inode: int, name: str, kind: str, mode: int, *, node_id: int | None = None,
             size: int = 0, mtime_ns: int | None = None, ctime_ns: int | None = None, version: int = 0,
             target: str | None = None, owner: str | None = None, access: str = "owner",
-            listed: bool = False, local_data: bool = False, content_hash: str | None = None) -> Entry:
+            listed: bool = False, local_data: bool = False, content_hash: str | None = None,
+            content_gen: int = 0) -> Entry:
         now = time.time_ns()
         with self.index.transaction():
             self.conn.execute(
                 "INSERT INTO inodes(node_id, parent_inode, name, kind, mode, size, mtime_ns, ctime_ns, version,"
-                " target, owner, access, listed, local_data, content_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " target, owner, access, listed, local_data, content_hash, content_gen)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (node_id, parent_inode, name, kind, mode, size, mtime_ns or now, ctime_ns or now, version, target,
-                 owner, access, int(listed), int(local_data), content_hash))
+                 owner, access, int(listed), int(local_data), content_hash, content_gen))
             inode = self.conn.last_insert_rowid()
         entry = self.get(inode)
         assert entry is not None

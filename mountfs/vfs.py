@@ -62,6 +62,9 @@ class LiveState:
     fsync_requested: set[int] = field(default_factory=set)
     remote_gen: Counter = field(default_factory=Counter)
     opened_at_gen: dict[int, int] = field(default_factory=dict)
+    # (size, mtime_ns) of a local copy as stat'ed when its writer flushed; any change to it drops the
+    # entry, so getattr of a closed file needs no os.stat.
+    stat: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 def check_name(raw: bytes) -> str:
@@ -117,6 +120,9 @@ class Vfs:
 
     def attr(self, entry: Entry) -> Attr:
         if entry.local_data:
+            known = self.live.stat.get(entry.inode)
+            if known is not None:
+                return Attr(entry, *known)
             try:
                 st = os.stat(self.tree.data_path(entry.inode))
                 return Attr(entry, st.st_size, st.st_mtime_ns)
@@ -271,6 +277,7 @@ class Vfs:
             return
         self.tree.remove(inode)
         self.live.gen.pop(inode, None)
+        self.live.stat.pop(inode, None)
 
     # ---- changing the tree ---------------------------------------------------------------------
 
@@ -323,15 +330,22 @@ class Vfs:
     async def create(self, parent_inode: int, raw: bytes, mode: int, flags: int) -> tuple[Handle, Entry]:
         parent = self._writable_dir(parent_inode)
         name = await self._new_name(parent, raw)
-        with self.tree.index.transaction():
-            e = self.tree.add(parent.inode, name, "file", mode & 0o7777, owner=parent.owner or self.user,
-                              access=self._child_access(parent), local_data=True)
-            self.tree.data_path(e.inode).touch()
-            e = self.tree.update(e.inode, content_gen=1)
-            self.tree.enqueue("create", e.inode, parent.inode, name)
+        fd = None
+        try:
+            with self.tree.index.transaction():  # one row, dirty from the start, and its create op, at once
+                e = self.tree.add(parent.inode, name, "file", mode & 0o7777, owner=parent.owner or self.user,
+                                  access=self._child_access(parent), local_data=True, content_gen=1)
+                # Truncated: an inode number a rolled-back create used may come again with its stray file.
+                fd = os.open(self.tree.data_path(e.inode), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+                self.tree.enqueue("create", e.inode, parent.inode, name)
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
         self.live.gen[e.inode] = 1
         self.live.lookups[e.inode] += 1
         handle = self._open_handle(e, writable=True)
+        handle.fd = fd  # the program's writes go straight to the data file just made
         self.wake_syncer()
         return handle, e
 
@@ -442,6 +456,7 @@ class Vfs:
             changes["mtime_ns"] = mtime_ns
             e = self.entry(inode)
             if e.local_data:
+                self.live.stat.pop(inode, None)
                 st = os.stat(self.tree.data_path(inode))
                 os.utime(self.tree.data_path(inode), ns=(st.st_atime_ns, mtime_ns))
         if changes:
@@ -539,6 +554,7 @@ class Vfs:
         """Content changed: bump the live generation; the first change after a sync is made durable."""
         gen = self.live_gen(inode) + 1
         self.live.gen[inode] = gen
+        self.live.stat.pop(inode, None)
         e = self.entry(inode)
         if not e.dirty:
             self.tree.update(inode, content_gen=gen)
@@ -564,6 +580,7 @@ class Vfs:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        self.live.stat.pop(e.inode, None)
         self.tree.update(e.inode, local_data=True)
 
     def _persist(self, inode: int) -> None:
@@ -577,6 +594,7 @@ class Vfs:
         gen = max(self.live_gen(inode), e.content_gen)
         if (e.size, e.mtime_ns, e.content_gen) != (st.st_size, st.st_mtime_ns, gen):  # e.g. release after flush
             self.tree.update(inode, size=st.st_size, mtime_ns=st.st_mtime_ns, content_gen=gen)
+        self.live.stat[inode] = (st.st_size, st.st_mtime_ns)
 
     async def flush(self, fh: int) -> None:
         h = self.handle(fh)
@@ -597,7 +615,7 @@ class Vfs:
         h = self._handles.pop(fh, None)
         if h is None:
             return
-        if h.wrote:
+        if h.wrote and h.inode not in self.live.stat:  # else flush persisted it and nothing changed since
             self._persist(h.inode)
         if h.fd is not None:
             os.close(h.fd)
