@@ -487,6 +487,7 @@ class Syncer:
             self.tree.update(e.inode, node_id=node.id, version=node.version, size=node.size,
                              content_hash=node.content_hash, owner=node.owner, access=node.access,
                              synced_gen=gen, content_gen=max(cur.content_gen, gen))
+            self.vfs.content_synced(e.inode)
         log.info("committed %r as version %d (%d bytes)", e.name, node.version, node.size)
         return node
 
@@ -513,5 +514,6 @@ class Syncer:
                              synced_gen=e.content_gen)
         self.vfs.live.gen[e.inode] = e.content_gen
         self.vfs.live.gen[copy.inode] = 1
+        self.vfs.content_synced(e.inode)
         log.warning("%r changed on the server too; kept this device's version as %r", e.name, name)
         self.vfs.invalidate(e.inode, parent.inode, name)

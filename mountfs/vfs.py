@@ -65,6 +65,9 @@ class LiveState:
     # (size, mtime_ns) of a local copy as stat'ed when its writer flushed; any change to it drops the
     # entry, so getattr of a closed file needs no os.stat.
     stat: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Inodes whose index row is known to be dirty, so a write needs no SELECT to find out; whatever makes
+    # a row clean again (a commit, a conflicted copy) must call Vfs.content_synced.
+    known_dirty: set[int] = field(default_factory=set)
 
 
 def check_name(raw: bytes) -> str:
@@ -277,6 +280,7 @@ class Vfs:
             return
         self.tree.remove(inode)
         self.live.gen.pop(inode, None)
+        self.live.known_dirty.discard(inode)  # the number may be used again
         self.live.stat.pop(inode, None)
 
     # ---- changing the tree ---------------------------------------------------------------------
@@ -555,9 +559,16 @@ class Vfs:
         gen = self.live_gen(inode) + 1
         self.live.gen[inode] = gen
         self.live.stat.pop(inode, None)
+        if inode in self.live.known_dirty:
+            return
         e = self.entry(inode)
         if not e.dirty:
             self.tree.update(inode, content_gen=gen)
+        self.live.known_dirty.add(inode)
+
+    def content_synced(self, inode: int) -> None:
+        """The index row may be clean now: the next write must look again (and mark it dirty)."""
+        self.live.known_dirty.discard(inode)
 
     async def materialize(self, e: Entry) -> None:
         """Give a file a whole local copy so it can be written in place."""
