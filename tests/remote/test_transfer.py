@@ -63,6 +63,22 @@ async def test_upload_download_identical(api, tmp_path, kind):
         assert stats.chunks_compressed == 0 and stats.bytes_sent == size
 
 
+async def test_zstd_is_tried_chunk_by_chunk(api, tmp_path):
+    # Half random, half text: the sample of each chunk decides, so the text's chunks go compressed and
+    # the random ones plain, and the whole file still comes back identical.
+    me = await api.me()
+    src = write_random(tmp_path / "mixed", 8 * MiB)
+    with open(src, "ab") as f:
+        f.write(text_file(tmp_path / "text", 8 * MiB).read_bytes())
+    transfer = Transfer(api)
+    node = await transfer.upload_file(src, parent_id=me.root_id, name="mixed")
+    stats = transfer.statistics()
+    assert 0 < stats.chunks_compressed < stats.chunks_sent
+    assert 8 * MiB < stats.bytes_sent < 12 * MiB
+    await transfer.download_file(node, tmp_path / "back")
+    assert same_file(src, tmp_path / "back")
+
+
 async def test_same_file_twice_sends_nothing(server, api, tmp_path):
     me = await api.me()
     src = write_random(tmp_path / "a", 8 * MiB)
