@@ -37,6 +37,7 @@ import httpx
 import trio
 
 from . import errors
+from .blobget import BlobGetter, body_of
 from .models import (
     Changes,
     Listing,
@@ -146,6 +147,9 @@ class ApiClient:
             transport=transport,
             follow_redirects=False,
         )
+        # Blob GETs over plain http skip httpx's per-piece body handling (see remote.blobget); a given
+        # transport (tests) sees every request.
+        self._blobs = BlobGetter(max_connections) if transport is None else None
 
     def __repr__(self) -> str:
         return f"ApiClient({self.base_url!r}, device={self.device!r})"
@@ -157,6 +161,8 @@ class ApiClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._blobs is not None:
+            await self._blobs.aclose()
         await self._http.aclose()
 
     def statistics(self) -> ClientStatistics:
@@ -175,8 +181,10 @@ class ApiClient:
         json: Any = None,
         content: bytes | None = None,
         timeout: httpx.Timeout | None = None,
+        blob_get: bool = False,
     ) -> httpx.Response:
-        """Send with retries; return a 2xx response or raise from remote.errors."""
+        """Send with retries; return a 2xx response or raise from remote.errors. blob_get: a GET of a
+        signed blob URL (no API credentials), sent through the BlobGetter when it can."""
         policy = self.retry
         what = f"{method} {url.split('?', 1)[0]}"
         start = trio.current_time()
@@ -188,8 +196,11 @@ class ApiClient:
             self._counters.requests += 1
             retry_after = 0.0
             try:
-                resp = await self._http.request(method, url, headers=headers, params=params, json=json,
-                                                content=content, **extra)
+                if blob_get and self._blobs is not None and self._blobs.handles(url):
+                    resp = await self._blobs.get(url, headers or {}, timeout or self._http.timeout)
+                else:
+                    resp = await self._http.request(method, url, headers=headers, params=params, json=json,
+                                                    content=content, **extra)
             except httpx.TransportError as e:
                 resp = None
                 failure = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
@@ -418,7 +429,7 @@ class ApiClient:
                 raise errors.RemoteError(f"the blob store does not hold chunk {signed.hash} right after it was "
                                          "uploaded; upload it again")
 
-    async def get_blob(self, url: SignedUrl | str) -> tuple[str, bytes]:
+    async def get_blob(self, url: SignedUrl | str) -> tuple[str, bytes | bytearray]:
         """One chunk's stored bytes from its signed URL, and their encoding ("none" or "zstd")."""
         hdrs: dict[str, str] = {}
         encoding = "none"
@@ -428,9 +439,9 @@ class ApiClient:
             encoding = signed.encoding
             url = signed.url
         resp = await self._blob_request("GET", url, signed, headers=hdrs)
-        return resp.headers.get("X-Drive-Encoding", encoding), resp.content
+        return resp.headers.get("X-Drive-Encoding", encoding), body_of(resp)
 
-    async def get_blob_range(self, url: SignedUrl, start: int, end: int) -> bytes:
+    async def get_blob_range(self, url: SignedUrl, start: int, end: int) -> bytes | bytearray:
         """Bytes [start, end) of a chunk stored plain, from its signed URL (`Range: bytes=start-(end-1)`).
         A store that ignores the Range and sends the whole object (200) is cut to the range here; the
         caller verifies what it gets either way."""
@@ -438,14 +449,15 @@ class ApiClient:
             raise ValueError(f"no byte range [{start}, {end}) of a chunk stored as {url.encoding!r}")
         resp = await self._blob_request("GET", url.url, url, headers={**url.headers, "Range": f"bytes={start}-{end - 1}"})
         if resp.status_code == 206:
-            return resp.content
-        return resp.content[start:end]
+            return body_of(resp)
+        return body_of(resp)[start:end]
 
     async def _blob_request(self, method: str, url: str, signed: SignedUrl | None, **kw: Any) -> httpx.Response:
         """A request to a signed blob URL. An S3 store answers an expired URL with 403, not 410: that is
         reported as Expired too (see _error; or when the URL's expiry has passed), so callers renew it."""
         try:
-            return await self._send(method, self._blob_url(url), idempotent=True, **kw)
+            return await self._send(method, self._blob_url(url), idempotent=True, blob_get=method == "GET",
+                                    **kw)
         except errors.Forbidden as e:
             if signed is not None and time.time() >= signed.expires_at - 1:
                 raise errors.Expired(f"{method} {url.split('?', 1)[0]}: the signed URL has expired",
