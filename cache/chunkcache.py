@@ -128,7 +128,7 @@ class ChunkCache:
             self.store.put(hash, data, durable=durable, verified=verified)
             self._record(conn, hash, len(data))
 
-    def store_file(self, hash: str, data: bytes, *, verified: bool = False) -> None:
+    def store_file(self, hash: str, data: bytes | bytearray, *, verified: bool = False) -> None:
         """The file half of put(): writes the chunk file and touches no index, so it may run in a worker
         thread while the index is in use elsewhere (an apsw connection refuses to be used from two
         threads at once). Follow it with record() on the thread that owns the index."""

@@ -61,7 +61,7 @@ class ChunkStore:
     def exists(self, hash: str) -> bool:
         return self.path(hash).is_file()
 
-    def put(self, hash: str, data: bytes, *, durable: bool = False, verified: bool = False) -> None:
+    def put(self, hash: str, data: bytes | bytearray, *, durable: bool = False, verified: bool = False) -> None:
         """Store `data` as chunk `hash` atomically; ValueError if the bytes do not match the name.
 
         By default there is no fsync: a re-fetchable chunk lost to a power cut is only a cache miss,

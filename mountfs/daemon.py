@@ -88,10 +88,11 @@ class Mount:
         self.syncer.wake()
 
     async def _fetch(self, node_id: int, version: int, chunks: Sequence[tuple[str, int]],
-                     on_chunk: Callable[[str], None] | None = None) -> None:
-        # keep=False: the reader takes the bytes from the chunk cache, so none are held here.
+                     on_chunk: Callable[[str, bytes | bytearray], None] | None = None,
+                     nearby: Sequence[str] = ()) -> None:
+        # keep=False: the reader is handed each chunk by on_chunk, so none are collected here.
         await self.transfer.download_chunks(node_id, version, [_Chunk(h, n) for h, n in chunks],
-                                            chunk_cache=self.chunks, on_chunk=on_chunk, keep=False)
+                                            chunk_cache=self.chunks, on_chunk=on_chunk, keep=False, nearby=nearby)
 
     async def _fetch_ranges(self, node_id: int, version: int, h: str, size: int,
                             ranges: Sequence[tuple[int, int]], nearby: Sequence[str]) -> None:

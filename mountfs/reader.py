@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 import errno
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,15 +22,23 @@ from .errors import FsError
 
 log = logging.getLogger("drivefs.reader")
 
-# fetch(node_id, version, chunks, on_chunk) downloads and verifies those (hash, size) chunks into the chunk
-# cache, calling on_chunk(hash) as each one is stored there.
-Fetch = Callable[[int, int, Sequence[tuple[str, int]], Callable[[str], None]], Awaitable[None]]
+# fetch(node_id, version, chunks, on_chunk, nearby) downloads and verifies those (hash, size) chunks into the
+# chunk cache, calling on_chunk(hash, bytes) with each one's verified bytes once it is stored there; `nearby`
+# names the chunks a sequential reader comes to next (their signed URLs come along).
+Fetch = Callable[[int, int, Sequence[tuple[str, int]], Callable[[str, bytes | bytearray], None], Sequence[str]],
+                 Awaitable[None]]
 # fetch_ranges(node_id, version, hash, size, ranges, nearby) downloads and verifies the blocks of that chunk
 # under those byte ranges [start, end) of it into the chunk cache (or the whole chunk, if it has no block
 # hashes); `nearby` names chunks around it that the next random reads may want (their URLs come along).
 FetchRanges = Callable[[int, int, str, int, Sequence[tuple[int, int]], Sequence[str]], Awaitable[None]]
 # Chunks on each side of a ranged read whose signed URLs are asked for with its own.
 NEARBY_URLS = 31
+# Chunks after a sequential fetch whose signed URLs are asked for with its own.
+AHEAD_URLS = 64
+# Bytes of just-fetched chunks held in memory until a sequential reader has read them: reads of fresh
+# chunks are answered from these instead of from the chunk files just written. About the read-ahead
+# window (8 chunks of 1 MiB on average); past this the oldest are let go (they are in the cache still).
+FRESH_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,11 @@ class Reader:
         self._blocks_inflight: dict[tuple[str, int], trio.Event] = {}
         # (inode, version) -> the chunk index read-ahead was last planned from (once per chunk, not per read).
         self._ahead_at: LRUCache[tuple[int, int], int] = LRUCache(maxsize=512)
+        # (inode, version) -> where the last read asked for ended.
+        self._next_at: LRUCache[tuple[int, int], int] = LRUCache(maxsize=512)
+        # hash -> verified bytes of a chunk just fetched, oldest first, FRESH_BYTES at most in all.
+        self._fresh: OrderedDict[str, bytes | bytearray] = OrderedDict()
+        self._fresh_bytes = 0
 
     async def layout(self, e: Entry, version: int | None = None) -> Layout:
         """The chunk layout of `version` (default: the entry's current one)."""
@@ -107,24 +121,58 @@ class Reader:
             return b""
         size = min(size, total - offset)
         span = layout.span(offset, size)
+        # The kernel sends a sequential reader's next reads (its read-ahead) before the earlier ones are
+        # answered, so the caller, which knows where the last *answered* read ended, takes them for random
+        # reads: a read starting where the last one *asked for* ends is sequential too. So is a read from
+        # the very start (most files read from there are read through: whole chunks, not blocks first).
+        key = (e.inode, layout.version)
+        sequential = sequential or offset == 0 or self._next_at.get(key) == offset
+        self._next_at[key] = offset + size
         if sequential or self.fetch_ranges is None:
             await self._ensure(e, layout, [i for i in span])
         else:
             await self._ensure_blocks(e, layout, offset, size, span)
-        out = bytearray()
+        parts: list[bytes | memoryview] = []
         for i in span:
             start = max(offset, layout.starts[i]) - layout.starts[i]
             end = min(offset + size, layout.starts[i] + layout.sizes[i]) - layout.starts[i]
-            part = self.chunks.read_range(layout.hashes[i], start, end - start)
-            if part is None:  # evicted or found corrupt since _ensure: fetch once more
-                await self._ensure(e, layout, [i])
-                part = self.chunks.read_range(layout.hashes[i], start, end - start)
-                if part is None:
-                    raise FsError(errno.EIO, f"chunk {layout.hashes[i][:12]} of {e.name!r} cannot be read")
-            out += part
+            parts.append(await self._part(e, layout, i, start, end, sequential))
         if sequential and self.nursery is not None and span:
             self._read_ahead(e, layout, span[-1])
-        return bytes(out)
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)
+
+    async def _part(self, e: Entry, layout: Layout, i: int, start: int, end: int,
+                    sequential: bool) -> bytes | memoryview:
+        """Bytes [start, end) of chunk i: from memory if it was just fetched, else from the chunk cache."""
+        h = layout.hashes[i]
+        fresh = self._fresh.get(h)
+        if fresh is not None:
+            if sequential and end == layout.sizes[i]:
+                self._forget_fresh(h)  # read to its end: the reader has moved on (the kernel keeps the pages)
+            return memoryview(fresh)[start:end]
+        part = self.chunks.read_range(h, start, end - start)
+        if part is None:  # evicted or found corrupt since _ensure: fetch once more
+            await self._ensure(e, layout, [i])
+            part = self.chunks.read_range(h, start, end - start)
+            if part is None:
+                raise FsError(errno.EIO, f"chunk {h[:12]} of {e.name!r} cannot be read")
+        return part
+
+    def _keep_fresh(self, h: str, data: bytes | bytearray) -> None:
+        if h in self._fresh or len(data) > FRESH_BYTES:
+            return
+        self._fresh[h] = data
+        self._fresh_bytes += len(data)
+        while self._fresh_bytes > FRESH_BYTES:
+            _, old = self._fresh.popitem(last=False)
+            self._fresh_bytes -= len(old)
+
+    def _forget_fresh(self, h: str) -> None:
+        data = self._fresh.pop(h, None)
+        if data is not None:
+            self._fresh_bytes -= len(data)
 
     def _read_ahead(self, e: Entry, layout: Layout, last: int) -> None:
         """Keep the `readahead_chunks` chunks after chunk `last` cached or on their way.
@@ -148,10 +196,11 @@ class Reader:
         mine = {h: trio.Event() for h in wanted}
         self._inflight.update(mine)
         assert self.nursery is not None
-        self.nursery.start_soon(self._prefetch, e, layout.version, list(wanted.items()), mine)
+        nearby = layout.hashes[end:end + AHEAD_URLS]
+        self.nursery.start_soon(self._prefetch, e, layout.version, list(wanted.items()), mine, nearby)
 
     def _absent(self, h: str) -> bool:
-        return h not in self._inflight and h not in self.chunks
+        return h not in self._inflight and h not in self._fresh and h not in self.chunks
 
     def _settle(self, h: str, ev: trio.Event | None) -> None:
         """A fetch of chunk `h` ended (stored or failed): wake its waiters, if the event is still ours."""
@@ -159,11 +208,17 @@ class Reader:
             del self._inflight[h]
             ev.set()
 
+    def _arrived(self, h: str, data: bytes | bytearray, ev: trio.Event | None) -> None:
+        """Chunk `h` was fetched, verified and stored: keep its bytes for the reads to come, wake waiters."""
+        self._keep_fresh(h, data)
+        self._settle(h, ev)
+
     async def _prefetch(self, e: Entry, version: int, chunks: list[tuple[str, int]],
-                        mine: dict[str, trio.Event]) -> None:
+                        mine: dict[str, trio.Event], nearby: Sequence[str]) -> None:
         try:
             assert e.node_id is not None
-            await self.fetch(e.node_id, version, chunks, lambda h: self._settle(h, mine.get(h)))
+            await self.fetch(e.node_id, version, chunks, lambda h, data: self._arrived(h, data, mine.get(h)),
+                             nearby)
         except Exception as exc:  # read-ahead is best effort; the real read reports errors
             log.debug("read-ahead of %r failed: %s", e.name, exc)
         finally:
@@ -222,15 +277,17 @@ class Reader:
         """Make sure these chunks are in the cache, sharing fetches already under way."""
         chunks = {layout.hashes[i]: layout.sizes[i] for i in indices}
         waits = [self._inflight[h] for h in chunks if h in self._inflight]
-        mine = {h: trio.Event() for h in chunks if h not in self._inflight and h not in self.chunks}
+        mine = {h: trio.Event() for h in chunks if h not in self._inflight and h not in self._fresh
+                and h not in self.chunks}
         self._inflight.update(mine)
         try:
             if mine:
                 if e.node_id is None:
                     raise FsError(errno.EIO, f"{e.name!r} has no server copy to read")
+                nearby = layout.hashes[indices[-1] + 1:indices[-1] + 1 + AHEAD_URLS] if indices else []
                 try:
                     await self.fetch(e.node_id, layout.version, [(h, chunks[h]) for h in mine],
-                                     lambda h: self._settle(h, mine.get(h)))
+                                     lambda h, data: self._arrived(h, data, mine.get(h)), nearby)
                 except rerr.RemoteError as exc:
                     raise FsError(errno.EIO, f"cannot fetch data of {e.name!r}: {exc}") from None
         finally:

@@ -47,7 +47,6 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -84,6 +83,9 @@ ROUTE_BATCH = 32
 SAMPLE_BYTES = 32 * 2**10
 # Rounds of send-then-commit before an upload whose chunks keep going missing gives up.
 COMMIT_ROUNDS = 4
+
+# Chunk bytes as downloaded: a bytearray when read straight from the socket (remote.blobget), never mutated.
+Bytes = bytes | bytearray
 
 Progress = Callable[[int, int], None]
 """progress(done_bytes, total_bytes): plain bytes of the file the server holds / fetched so far."""
@@ -170,6 +172,8 @@ class Transfer:
         self._counters = _Counters()
         # (node id, version, chunk hash) -> its signed URL with block hashes, for download_ranges.
         self._range_urls: LRUCache[tuple[int, int, str], SignedUrl] = LRUCache(maxsize=1024)
+        # The same for whole-chunk downloads (no block hashes asked for), for download_chunks.
+        self._whole_urls: LRUCache[tuple[int, int, str], SignedUrl] = LRUCache(maxsize=1024)
 
     def statistics(self) -> TransferStatistics:
         return TransferStatistics(**vars(self._counters))
@@ -391,23 +395,26 @@ class Transfer:
         chunk_cache: ChunkCache | None = None,
         concurrency: int | None = None,
         progress: Progress | None = None,
-        on_chunk: Callable[[str], None] | None = None,
+        on_chunk: Callable[[str, Bytes], None] | None = None,
         keep: bool = True,
-    ) -> dict[str, bytes]:
+        nearby: Sequence[str] = (),
+    ) -> dict[str, Bytes]:
         """The verified plain bytes of these chunks of a version, by hash (held in memory: ask for a window).
 
         Chunks found in `chunk_cache` are not fetched; fetched ones are stored there. Raises
-        CorruptChunk if a chunk does not match its hash (after one refetch). `on_chunk(hash)` is called as
-        each chunk arrives (after it is in `chunk_cache`), so a reader need not wait for the whole window;
-        with keep=False the bytes are not collected (an empty dict is returned): memory stays bounded by
-        the chunks in flight, for callers that read them from `chunk_cache`.
+        CorruptChunk if a chunk does not match its hash (after one refetch). `on_chunk(hash, bytes)` is
+        called with each chunk's verified bytes as it arrives (after it is in `chunk_cache`), so a reader
+        need not wait for the whole window; with keep=False the bytes are not collected (an empty dict is
+        returned): memory stays bounded by the chunks in flight. `nearby`: chunks of the version the
+        caller will likely ask for next (a sequential reader's next ones); their signed URLs come in the
+        same request as these and are kept for later calls while they live.
         """
-        out: dict[str, bytes] = {}
+        out: dict[str, Bytes] = {}
         sizes = {e.hash: e.size for e in entries}
         total = sum(sizes.values())
         got = 0
 
-        async def deliver(h: str, data: bytes) -> None:
+        async def deliver(h: str, data: Bytes) -> None:
             nonlocal got
             if keep:
                 out[h] = data
@@ -415,9 +422,9 @@ class Transfer:
             if progress is not None:
                 progress(got, total)
             if on_chunk is not None:
-                on_chunk(h)
+                on_chunk(h, data)
 
-        await self._fetch(node_id, version, sizes, deliver, chunk_cache, concurrency or self.concurrency)
+        await self._fetch(node_id, version, sizes, deliver, chunk_cache, concurrency or self.concurrency, nearby)
         return out
 
     async def download_file(
@@ -447,7 +454,7 @@ class Transfer:
         try:
             os.ftruncate(fd, detail.size)
 
-            async def deliver(h: str, data: bytes) -> None:
+            async def deliver(h: str, data: Bytes) -> None:
                 nonlocal got
                 await trio.to_thread.run_sync(_pwrite_all, fd, data, offsets[h])
                 got += len(data) * len(offsets[h])
@@ -474,12 +481,13 @@ class Transfer:
         node_id: int,
         version: int,
         sizes: dict[str, int],
-        deliver: Callable[[str, bytes], Awaitable[None]],
+        deliver: Callable[[str, Bytes], Awaitable[None]],
         chunk_cache: ChunkCache | None,
         workers: int,
+        nearby: Sequence[str] = (),
     ) -> None:
         """Get each chunk in `sizes` (hash -> plain size) from the cache or the blob store, verified, and
-        hand it to deliver(hash, bytes), at most `workers` at a time."""
+        hand it to deliver(hash, bytes), at most `workers` at a time (URLs of `nearby` asked along)."""
         if not sizes:
             return
         cached: list[str] = []
@@ -492,7 +500,7 @@ class Transfer:
                 for h in cached:
                     await out.send((h, None))
                 for i in range(0, len(wanted), DOWNLOAD_URL_BATCH):
-                    for url in await self.api.download_urls(node_id, version, wanted[i:i + DOWNLOAD_URL_BATCH]):
+                    for url in await self._chunk_urls(node_id, version, wanted[i:i + DOWNLOAD_URL_BATCH], nearby):
                         await out.send((url.hash, url))
 
         async def work(inp: trio.MemoryReceiveChannel[tuple[str, SignedUrl | None]]) -> None:
@@ -507,9 +515,8 @@ class Transfer:
                         if data is not None:
                             self._counters.chunks_from_cache += 1
                     if data is None:
-                        data = await self._get_verified(node_id, version, h, sizes[h], url)
+                        data = await self._get_verified(node_id, version, h, sizes[h], url, chunk_cache)
                         if chunk_cache is not None:
-                            await trio.to_thread.run_sync(partial(chunk_cache.store_file, h, data, verified=True))
                             chunk_cache.record(h, len(data))
                     await deliver(h, data)
 
@@ -520,8 +527,28 @@ class Transfer:
                 for _ in range(workers):
                     nursery.start_soon(work, jobs_out.clone())
 
-    async def _get_verified(self, node_id: int, version: int, h: str, size: int, url: SignedUrl | None) -> bytes:
-        """Fetch one chunk and return its plain bytes only if they hash to `h`; refetch once, then CorruptChunk."""
+    async def _chunk_urls(self, node_id: int, version: int, hashes: Sequence[str],
+                          nearby: Sequence[str]) -> list[SignedUrl]:
+        """Signed URLs of these chunks: kept ones while they have a while to live, the others (with those
+        of `nearby` chunks that have none) in one request, so a sequential reader asking for a few chunks
+        at a time costs one URL request per DOWNLOAD_URL_BATCH chunks, not one per call."""
+        def usable(x: str) -> bool:
+            url = self._whole_urls.get((node_id, version, x))
+            return url is not None and url.expires_at - time.time() >= RANGE_URL_MARGIN_S
+
+        lacking = [h for h in dict.fromkeys(hashes) if not usable(h)]
+        if lacking:
+            extra = [x for x in dict.fromkeys(nearby) if x not in lacking and not usable(x)]
+            for url in await self.api.download_urls(node_id, version,
+                                                    (lacking + extra)[:max(DOWNLOAD_URL_BATCH, len(lacking))]):
+                self._whole_urls[(node_id, version, url.hash)] = url
+        return [url for h in hashes if (url := self._whole_urls.get((node_id, version, h))) is not None]
+
+    async def _get_verified(self, node_id: int, version: int, h: str, size: int, url: SignedUrl | None,
+                            store: ChunkCache | None = None) -> Bytes:
+        """Fetch one chunk and return its plain bytes only if they hash to `h`; refetch once, then CorruptChunk.
+        With `store`, the verified chunk's file is written there in the same worker thread that checked it
+        (the caller records it in the index, on its own thread)."""
         for attempt in (1, 2):
             if url is None:
                 (url,) = await self.api.download_urls(node_id, version, [h])
@@ -533,7 +560,7 @@ class Transfer:
             self._counters.chunks_received += 1
             self._counters.bytes_received += len(body)
             try:
-                data = await trio.to_thread.run_sync(_decode, h, size, encoding, body)
+                data = await trio.to_thread.run_sync(_decode_and_store, h, size, encoding, body, store)
             except errors.CorruptChunk:
                 if attempt == 2:
                     raise
@@ -557,8 +584,7 @@ class Transfer:
         """
         url = await self._range_url(node_id, version, h, nearby)
         if url.encoding != "none" or url.block_hashes is None or url.block_size is None:
-            data = await self._get_verified(node_id, version, h, size, url)
-            await trio.to_thread.run_sync(partial(chunk_cache.store_file, h, data, verified=True))
+            data = await self._get_verified(node_id, version, h, size, url, chunk_cache)
             chunk_cache.record(h, len(data))
             return
         try:
@@ -598,7 +624,7 @@ class Transfer:
         return self._range_urls[(node_id, version, h)]
 
     async def _get_blocks_verified(self, node_id: int, version: int, bmap: BlockMap, blocks: range,
-                                   url: SignedUrl) -> tuple[SignedUrl, bytes]:
+                                   url: SignedUrl) -> tuple[SignedUrl, Bytes]:
         """One ranged GET of these blocks, returned (with the URL used) only if every block matches its
         hash; refetched once, then CorruptChunk."""
         start, end = bmap.span(blocks[0])[0], bmap.span(blocks[-1])[1]
@@ -753,7 +779,15 @@ def _prepare(fd: int, ref: ChunkRef, level: int) -> _Prepared:
     return _pack(zstandard.ZstdCompressor(level=level), ref, data)
 
 
-def _decode(h: str, size: int, encoding: str, body: bytes) -> bytes:
+def _decode_and_store(h: str, size: int, encoding: str, body: Bytes, store: ChunkCache | None) -> Bytes:
+    """(In a worker thread.) _decode, then the chunk's file written to `store` if given."""
+    data = _decode(h, size, encoding, body)
+    if store is not None:
+        store.store_file(h, data, verified=True)
+    return data
+
+
+def _decode(h: str, size: int, encoding: str, body: Bytes) -> Bytes:
     """The plain bytes of a stored chunk, only if they are `size` bytes hashing to `h`."""
     if encoding == "zstd":
         try:
@@ -771,7 +805,7 @@ def _decode(h: str, size: int, encoding: str, body: bytes) -> bytes:
     return data
 
 
-def _pwrite_all(fd: int, data: bytes, offsets: Sequence[int]) -> None:
+def _pwrite_all(fd: int, data: Bytes, offsets: Sequence[int]) -> None:
     for offset in offsets:
         view = memoryview(data)
         while view:
