@@ -279,6 +279,8 @@ class RssSampler:
         self.phase = "idle"
         self.peaks: dict[str, int] = {}
         self.hwm: dict[int, int] = {}
+        # CPU seconds (user + system, all threads) the daemon spent per phase label.
+        self.cpu: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -306,13 +308,25 @@ class RssSampler:
             self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), st["VmRSS"])
             self.hwm[pid] = st.get("VmHWM", 0)
 
+    @staticmethod
+    def cpu_seconds(pid: int | None) -> float:
+        """User + system CPU seconds of the whole process so far (0 if it is gone)."""
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, TypeError):
+            return 0.0
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
     @contextmanager
     def during(self, phase: str) -> Iterator[None]:
         old, self.phase = self.phase, phase
+        pid, cpu0 = self.pid, self.cpu_seconds(self.pid)
         try:
             yield
         finally:
             self.sample()
+            if pid is not None and pid == self.pid:
+                self.cpu[phase] = self.cpu.get(phase, 0.0) + self.cpu_seconds(pid) - cpu0
             self.phase = old
 
     def stop(self) -> None:
@@ -653,8 +667,10 @@ class Bench:
         up, node = trio.run(raw_upload, self.env.url, self.env.token, self.lfile, self.refs, "raw.bin")
         self.raw_node = node
         drop_caches()
+        cpu0 = RssSampler.cpu_seconds(os.getpid())
         down, got = trio.run(raw_download, self.env.url, self.env.token, node.id, node.version, self.refs)
-        raw = {"upload_s": up, "download_s": down, "bytes": got, "chunks": len(self.refs)}
+        raw = {"upload_s": up, "download_s": down, "bytes": got, "chunks": len(self.refs),
+               "download_cpu_s": RssSampler.cpu_seconds(os.getpid()) - cpu0}
         self.res.extra["raw"] = raw
         return raw
 
@@ -668,8 +684,15 @@ class Bench:
         if n != self.size:
             raise SystemExit(f"bench: read {n} bytes of {self.size}")
         mb = self.size / MiB
+        cpu = self.sampler.cpu.get("file:cold-read", 0.0)
+        rss = self.sampler.peaks.get("file:cold-read", 0) / MiB
+        note = (f"daemon CPU {cpu:.2f} s ({1000 * cpu / mb:.1f} ms/MiB; raw GETs' client "
+                f"{raw['download_cpu_s']:.2f} s), peak RSS {rss:.0f} MiB")
+        if not self.dropped:
+            note += "; kernel caches NOT dropped (not permitted)"
         self.res.speed("sequential read, cold", mb / sec, raw["bytes"] / MiB / raw["download_s"], "MiB/s",
-                       "raw blob GETs x8", 0.9, note="" if self.dropped else "kernel caches NOT dropped (not permitted)")
+                       "raw blob GETs x8", 0.9, note=note)
+        self.res.extra["cold_read_daemon_cpu_s"] = cpu
         check_blocks(self.mfile, self.size, self.mpay)
 
     def warm_read(self) -> None:
