@@ -28,6 +28,7 @@ import email.utils
 import logging
 import random
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -148,8 +149,10 @@ class ApiClient:
             follow_redirects=False,
         )
         # Blob GETs over plain http skip httpx's per-piece body handling (see remote.blobget); a given
-        # transport (tests) sees every request.
-        self._blobs = BlobGetter(max_connections) if transport is None else None
+        # transport (tests) sees every request, and with an HTTP proxy set in the environment httpx's
+        # proxy support is kept for every request.
+        direct = transport is None and "http" not in urllib.request.getproxies()
+        self._blobs = BlobGetter(max_connections) if direct else None
 
     def __repr__(self) -> str:
         return f"ApiClient({self.base_url!r}, device={self.device!r})"

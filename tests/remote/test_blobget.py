@@ -148,3 +148,11 @@ async def test_a_stalled_body_times_out(canned):
     async with client(canned, timeout=0.3) as api:
         with pytest.raises(errors.TransportFailure):
             await api.get_blob("/blobs/a")
+
+
+async def test_with_an_http_proxy_in_the_environment_blob_gets_go_through_httpx(canned, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", canned.url)  # the canned server plays the proxy: it sees the full URL
+    canned.answers += [ok(b"via the proxy")]
+    async with client(canned) as api:
+        assert (await api.get_blob("http://store.invalid/blobs/a?sig=1"))[1] == b"via the proxy"
+    assert canned.requests[0].startswith(b"GET http://store.invalid/blobs/a?sig=1 HTTP/1.1")
