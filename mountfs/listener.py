@@ -47,7 +47,9 @@ class FeedListener:
             try:
                 await self.retry_deferred()
                 cursor = await self._cursor()
-                wait = LONG_POLL_S if self._long_poll else 0.0
+                # After a failure, one quick poll first: with its own changes left out of the feed, a long
+                # poll could hold for LONG_POLL_S before the mount knows the server is back.
+                wait = LONG_POLL_S if self._long_poll and not failures else 0.0
                 if self.deferred:
                     wait = min(wait, 1.0)
                 page = await self.remote.changes(cursor, limit=500, wait=wait, exclude_device=self.device)
