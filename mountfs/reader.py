@@ -123,12 +123,13 @@ class Reader:
         span = layout.span(offset, size)
         # The kernel sends a sequential reader's next reads (its read-ahead) before the earlier ones are
         # answered, so the caller, which knows where the last *answered* read ended, takes them for random
-        # reads: a read starting where the last one *asked for* ends is sequential too. So is a read from
-        # the very start (most files read from there are read through: whole chunks, not blocks first).
+        # reads: a read starting where the last one *asked for* ends is sequential too.
         key = (e.inode, layout.version)
-        sequential = sequential or offset == 0 or self._next_at.get(key) == offset
+        sequential = sequential or self._next_at.get(key) == offset
         self._next_at[key] = offset + size
-        if sequential or self.fetch_ranges is None:
+        # A read from the very start gets its whole chunk (most files read from there are read through,
+        # and blocks first would be fetched twice); read-ahead starts only once a read follows it.
+        if sequential or offset == 0 or self.fetch_ranges is None:
             await self._ensure(e, layout, [i for i in span])
         else:
             await self._ensure_blocks(e, layout, offset, size, span)
