@@ -65,4 +65,3 @@ def test_cold_sequential_read_fetches_each_chunk_once_with_one_url_request(proxi
     stored = [p for p in (m.cache_dir / "chunks").rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in stored) == SIZE  # every chunk is in the cache too
     assert not [p for p in stored if ".tmp-" in p.name or p.name.endswith(".blocks")]
-
