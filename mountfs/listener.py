@@ -128,8 +128,9 @@ class FeedListener:
             self._place(node, local)
 
     def _busy(self, e: Entry) -> bool:
-        """Local work the server has not seen yet: it wins until the syncer settles it."""
-        return e.dirty or self.tree.named_by_ops(e.inode)
+        """Local work the server has not seen yet, or a handle open for writing (its next write goes to the
+        local copy it opened, which must not be swapped under it): it wins until the syncer settles it."""
+        return e.dirty or self.vfs.live.writers[e.inode] > 0 or self.tree.named_by_ops(e.inode)
 
     def _remove(self, e: Entry) -> None:
         if self._busy(e):
