@@ -154,9 +154,12 @@ class ChunkCache:
 
     def block_map(self, hash: str) -> BlockMap | None:
         """Which blocks of a partial chunk are held (None: no partial copy)."""
-        row = self.index.conn.execute(
-            "SELECT size, block_size, digests, present FROM partial_chunks WHERE hash = ?", (hash,)
-        ).fetchone()
+        # Under the index lock: read_range() asks this from any thread, and apsw refuses a connection
+        # used by two threads at once (ThreadingViolationError).
+        with self.index.transaction() as conn:
+            row = conn.execute(
+                "SELECT size, block_size, digests, present FROM partial_chunks WHERE hash = ?", (hash,)
+            ).fetchone()
         return None if row is None else BlockMap(hash, row[0], row[1], bytes(row[2]), bytes(row[3]))
 
     def store_blocks(self, bmap: BlockMap, first: int, data: bytes | memoryview) -> None:
