@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import apsw
 
-from cache.chunker import ChunkRef
-
 __all__ = ["SCHEMA_VERSION", "Index", "IndexVersionError", "UploadState", "create_tables"]
 
 # Bump when create_tables changes in a way an existing index file needs migrating for.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Long enough to ride out another connection's checkpoint, short enough to surface a stuck one.
 _BUSY_TIMEOUT_MS = 5000
@@ -33,8 +30,6 @@ class UploadState:
 
     upload_key: str
     session_id: str | None
-    manifest: tuple[ChunkRef, ...]
-    done_hashes: frozenset[str]
     updated: int
 
 
@@ -102,15 +97,13 @@ def create_tables(conn: apsw.Connection) -> None:
 
     # Resumable uploads, so that one interrupted by a crash or reboot continues where it stopped.
     # `upload_key` is chosen by the uploader (e.g. 'file:<inode>'); `session_id` is the server's upload
-    # session, NULL until one is opened; `manifest` is a JSON list of [offset, size, hash] in file order;
-    # `done_hashes` is a JSON list of hashes the blob store already has; `updated` is unix seconds.
+    # session, NULL until one is opened; `updated` is unix seconds. Which chunks are already up is not
+    # kept here: the server answers that (/chunks/missing), so the row stays small for any file size.
     conn.execute(
         """
         CREATE TABLE IF NOT EXISTS upload_state (
             upload_key  TEXT PRIMARY KEY,
             session_id  TEXT,
-            manifest    TEXT NOT NULL,
-            done_hashes TEXT NOT NULL,
             updated     INTEGER NOT NULL
         )"""
     )
@@ -209,16 +202,18 @@ class Index:
         # loss but never corrupts the file, and it spares an fsync per commit on the read path.
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = NORMAL")
-        self._check_version()
+        found = self._check_version()
         with self.transaction():
+            _migrate(self.conn, found)
             create_tables(self.conn)
 
-    def _check_version(self) -> None:
+    def _check_version(self) -> int:
         found = self.conn.execute("PRAGMA user_version").get
         if found > SCHEMA_VERSION:
             raise IndexVersionError(
                 f"{self.path} has index schema {found}, this client knows up to {SCHEMA_VERSION}"
             )
+        return found
 
     @contextmanager
     def transaction(self) -> Iterator[apsw.Connection]:
@@ -253,47 +248,21 @@ class Index:
         with self.transaction():
             self.conn.execute("DELETE FROM kv WHERE key = ?", (key,))
 
-    def save_upload(
-        self,
-        upload_key: str,
-        session_id: str | None,
-        manifest: Sequence[ChunkRef],
-        done_hashes: Iterable[str] = (),
-    ) -> None:
-        """Record (replacing any earlier record) the full state of one upload."""
+    def save_upload(self, upload_key: str, session_id: str | None) -> None:
+        """Record (replacing any earlier record) the server session of one upload."""
         with self.transaction():
             self.conn.execute(
-                "INSERT OR REPLACE INTO upload_state"
-                "(upload_key, session_id, manifest, done_hashes, updated) VALUES (?, ?, ?, ?, ?)",
-                (upload_key, session_id, _manifest_json(manifest), _hashes_json(done_hashes), _now()),
-            )
-
-    def mark_upload_done(self, upload_key: str, hashes: Iterable[str]) -> None:
-        """Add `hashes` to an upload's done set. Rewrites the set, so call it per batch, not per chunk."""
-        with self.transaction():
-            current = self.load_upload(upload_key)
-            if current is None:
-                raise KeyError(upload_key)
-            self.conn.execute(
-                "UPDATE upload_state SET done_hashes = ?, updated = ? WHERE upload_key = ?",
-                (_hashes_json(current.done_hashes.union(hashes)), _now(), upload_key),
+                "INSERT OR REPLACE INTO upload_state(upload_key, session_id, updated) VALUES (?, ?, ?)",
+                (upload_key, session_id, _now()),
             )
 
     def load_upload(self, upload_key: str) -> UploadState | None:
         row = self.conn.execute(
-            "SELECT session_id, manifest, done_hashes, updated FROM upload_state WHERE upload_key = ?",
-            (upload_key,),
+            "SELECT session_id, updated FROM upload_state WHERE upload_key = ?", (upload_key,)
         ).fetchone()
         if row is None:
             return None
-        session_id, manifest, done_hashes, updated = row
-        return UploadState(
-            upload_key=upload_key,
-            session_id=session_id,
-            manifest=tuple(ChunkRef(offset, size, hash) for offset, size, hash in json.loads(manifest)),
-            done_hashes=frozenset(json.loads(done_hashes)),
-            updated=updated,
-        )
+        return UploadState(upload_key=upload_key, session_id=row[0], updated=row[1])
 
     def list_uploads(self) -> list[str]:
         """Keys of every saved upload, oldest first: what to resume after a restart."""
@@ -305,14 +274,12 @@ class Index:
             self.conn.execute("DELETE FROM upload_state WHERE upload_key = ?", (upload_key,))
 
 
-def _manifest_json(manifest: Sequence[ChunkRef]) -> str:
-    # Arrays rather than objects: a 50 GB file has ~40k chunks and this is rewritten on every save.
-    return json.dumps([[ref.offset, ref.size, ref.hash] for ref in manifest], separators=(",", ":"))
-
-
-def _hashes_json(hashes: Iterable[str]) -> str:
-    # Sorted so that equal sets give equal text.
-    return json.dumps(sorted(set(hashes)), separators=(",", ":"))
+def _migrate(conn: apsw.Connection, found: int) -> None:
+    """Bring an index written by an older client up to SCHEMA_VERSION (create_tables adds what is new)."""
+    if 0 < found < 2:
+        # Version 1 kept each upload's manifest and done set; uploads now ask the server what it lacks.
+        # Dropping the rows only means an interrupted upload opens a new session.
+        conn.execute("DROP TABLE IF EXISTS upload_state")
 
 
 def _now() -> int:

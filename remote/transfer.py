@@ -257,7 +257,7 @@ class Transfer:
             # No manifest and no done set are kept: the target holds the content hash, which names the
             # content, and the server knows which chunks it has. So the row stays small for any file.
             with index.transaction():
-                index.save_upload(key, session.id, ())
+                index.save_upload(key, session.id)
                 index.set_kv(_target_key(key), _target_json(target))
         return session
 

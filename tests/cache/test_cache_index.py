@@ -3,15 +3,7 @@
 import apsw
 import pytest
 
-from cache.chunker import ChunkRef
 from cache.index import SCHEMA_VERSION, Index, IndexVersionError, create_tables
-
-MANIFEST = [
-    ChunkRef(0, 300_000, "a" * 64),
-    ChunkRef(300_000, 1_000_000, "b" * 64),
-    ChunkRef(1_300_000, 5, "c" * 64),
-]
-
 
 @pytest.fixture
 def index_path(tmp_path):
@@ -68,31 +60,41 @@ def test_kv_round_trip_and_persistence(index_path):
 def test_upload_state_round_trip_and_persistence(index_path):
     index = Index(index_path)
     assert index.load_upload("file:7") is None
-    index.save_upload("file:7", None, MANIFEST)
-    index.save_upload("file:8", "sess-8", MANIFEST[:1], ["a" * 64])
-    state = index.load_upload("file:7")
-    assert state.session_id is None
-    assert state.manifest == tuple(MANIFEST)
-    assert state.done_hashes == frozenset()
-
-    index.save_upload("file:7", "sess-7", MANIFEST, ["a" * 64])
-    index.mark_upload_done("file:7", ["c" * 64, "a" * 64])
+    index.save_upload("file:7", None)
+    index.save_upload("file:8", "sess-8")
+    assert index.load_upload("file:7").session_id is None
+    index.save_upload("file:7", "sess-7")
     index.close()
 
     index = Index(index_path)
     state = index.load_upload("file:7")
     assert state.upload_key == "file:7"
     assert state.session_id == "sess-7"
-    assert state.manifest == tuple(MANIFEST)
-    assert state.done_hashes == {"a" * 64, "c" * 64}
     assert state.updated > 0
     assert sorted(index.list_uploads()) == ["file:7", "file:8"]
 
     index.drop_upload("file:7")
     assert index.load_upload("file:7") is None
     assert index.list_uploads() == ["file:8"]
-    with pytest.raises(KeyError):
-        index.mark_upload_done("file:7", ["a" * 64])
+    index.close()
+
+
+def test_version_1_index_is_migrated_keeping_everything_but_upload_progress(index_path):
+    conn = apsw.Connection(str(index_path))
+    conn.execute("CREATE TABLE upload_state (upload_key TEXT PRIMARY KEY, session_id TEXT,"
+                 " manifest TEXT NOT NULL, done_hashes TEXT NOT NULL, updated INTEGER NOT NULL)")
+    conn.execute("INSERT INTO upload_state VALUES ('file:1', 's1', '[]', '[]', 1)")
+    conn.execute("CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("INSERT INTO kv VALUES ('feed_cursor', '99')")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+
+    index = Index(index_path)
+    assert index.get_kv("feed_cursor") == "99"
+    assert index.list_uploads() == []
+    index.save_upload("file:2", "s2")
+    assert index.load_upload("file:2").session_id == "s2"
+    assert index.conn.execute("PRAGMA user_version").get == 2
     index.close()
 
 

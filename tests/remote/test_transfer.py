@@ -174,7 +174,7 @@ async def test_resume_with_changed_content_starts_over(api, tmp_path):
     src = write_random(tmp_path / "f", 2 * MiB)
     transfer = Transfer(api)
     stale = await api.create_upload([], 0, parent_id=me.root_id, name="f")
-    index.save_upload("k", stale.id, [])  # an upload of other content under the same key
+    index.save_upload("k", stale.id)  # an upload of other content under the same key
     node = await transfer.upload_file(src, parent_id=me.root_id, name="f", index=index, upload_key="k")
     assert node.size == 2 * MiB and index.load_upload("k") is None
     with pytest.raises(errors.NotFound):
