@@ -85,8 +85,6 @@ class Reader:
         self._blocks_inflight: dict[tuple[str, int], trio.Event] = {}
         # (inode, version) -> the chunk index read-ahead was last planned from (once per chunk, not per read).
         self._ahead_at: LRUCache[tuple[int, int], int] = LRUCache(maxsize=512)
-        # (inode, version) -> where the last read asked for ended.
-        self._next_at: LRUCache[tuple[int, int], int] = LRUCache(maxsize=512)
         # hash -> verified bytes of a chunk just fetched, oldest first, FRESH_BYTES at most in all.
         self._fresh: OrderedDict[str, bytes | bytearray] = OrderedDict()
         self._fresh_bytes = 0
@@ -121,12 +119,6 @@ class Reader:
             return b""
         size = min(size, total - offset)
         span = layout.span(offset, size)
-        # The kernel sends a sequential reader's next reads (its read-ahead) before the earlier ones are
-        # answered, so the caller, which knows where the last *answered* read ended, takes them for random
-        # reads: a read starting where the last one *asked for* ends is sequential too.
-        key = (e.inode, layout.version)
-        sequential = sequential or self._next_at.get(key) == offset
-        self._next_at[key] = offset + size
         # A read from the very start gets its whole chunk (most files read from there are read through,
         # and blocks first would be fetched twice); read-ahead starts only once a read follows it.
         if sequential or offset == 0 or self.fetch_ranges is None:

@@ -530,10 +530,11 @@ class Vfs:
         if fd is not None:
             return os.pread(fd, size, offset)
         e = self.entry(h.inode)
-        data = await self.reader.read(e, offset, size, sequential=offset == h.last_end,
+        # Where a read ends is noted when it is asked, not when answered: the kernel sends a sequential
+        # reader's next reads (its read-ahead) while the earlier ones are still being fetched.
+        sequential, h.last_end = offset == h.last_end, offset + size
+        return await self.reader.read(e, offset, size, sequential=sequential,
                                       version=h.version if not h.writable else None)
-        h.last_end = offset + len(data)
-        return data
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         h = self.handle(fh)
