@@ -1,239 +1,203 @@
-"""Plain-HTTP GETs of blob bodies without httpx's per-piece machinery.
+"""Blob GETs read by the standard library's http.client in worker threads, without httpx's per-piece machinery.
 
 A chunk GET moves up to 4 MiB. httpx hands a body up in 64 KiB pieces, each through h11's parser,
 several async generator layers and a timeout scope, and then joins them: on a 2-core machine that cost
 more CPU than hashing the same bytes, and a cold sequential read through the mount is CPU-bound. The
-BlobGetter sends such a GET itself and reads the body with recv_into straight into one buffer.
+BlobGetter sends such a GET with http.client in a trio worker thread (a blocking recv releases the GIL,
+so the trio thread keeps serving FUSE) and reads a Content-Length body with readinto straight into one
+buffer. Every body is bounded by the size the caller expects (the chunk's stored size), so a server
+claiming a huge length cannot make us allocate it.
 
-The client (remote.client) uses it for GETs of signed blob URLs over plain http only; API calls, PUTs
-and https URLs go through httpx. Its answer is an ordinary httpx.Response, so the client's retries,
-error mapping and Expired handling see no difference. Idle connections are kept per host and port for
+The client (remote.client) uses it for GETs of signed blob URLs only; API calls and PUTs go through
+httpx, and so does everything when an HTTP proxy is set or a test transport is given. Its answer is an
+ordinary httpx.Response and its failures httpx's transport errors, so the client's retries, error
+mapping and Expired handling see no difference. Idle connections are kept per (scheme, host, port) for
 reuse; one found closed by the server is dropped before use, and a GET that fails on a reused
 connection before any answer arrived is sent once more on a fresh one (as httpcore does).
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
+import http.client
 import select
+import socket
+import ssl
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import httpx
 import trio
 
-__all__ = ["BODY_EXTENSION", "BlobGetter", "body_of"]
+__all__ = ["BODY_EXTENSION", "MAX_BLOB_BYTES", "BlobGetter", "body_of"]
 
 # Response extension under which a BlobGetter answer carries its body as read (a bytearray).
 BODY_EXTENSION = "drivefs.body"
 
-# Bytes asked for per recv while reading a status line, headers or chunk sizes.
-_HEAD_READ = 64 * 2**10
-# Most bytes of status line plus headers accepted (a blob answer has a few short headers).
-_MAX_HEAD = 64 * 2**10
+# Largest body accepted when the caller gives no bound: the largest stored chunk (server/limits.py
+# MAX_STORED_CHUNK_BYTES; the client does not import the server's package).
+MAX_BLOB_BYTES = 4 * 2**20 + 64 * 2**10
 
+# Bytes asked for per read of a body whose length is not announced (chunked or up to EOF).
+_PIECE = 1 * 2**20
 
-class _Closed(Exception):
-    """The peer closed the connection (or reset it) before the answer was complete."""
+_Key = tuple[str, str, int]  # (scheme, host, port)
 
 
 @dataclass
 class _Conn:
-    """One HTTP/1.1 connection: its socket stream plus bytes received past what was parsed so far."""
+    """One kept-alive http.client connection, used by one GET at a time.
 
-    stream: trio.SocketStream
-    buffered: bytearray = field(default_factory=bytearray)
+    The worker thread owns it while a GET runs; if the trio task is cancelled meanwhile it is abandoned:
+    its socket is shut down (which wakes a blocked recv) and whichever side finishes last closes it."""
+
+    http: http.client.HTTPConnection
     # Set once any byte of an answer arrived: failures after that are not resent on a fresh connection.
     answered: bool = False
-    # While a body is read: the scope whose deadline each arriving piece moves `read_timeout` further.
-    scope: trio.CancelScope | None = None
-    read_timeout: float | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _busy: bool = False
+    _abandoned: bool = False
 
     def is_idle_and_open(self) -> bool:
         """A kept connection the server has not closed meanwhile (readable while idle = EOF or junk)."""
+        sock = self.http.sock
+        if sock is None:
+            return False
         poller = select.poll()
         try:
-            poller.register(self.stream.socket.fileno(), select.POLLIN)
-            return not poller.poll(0) and not self.buffered
+            poller.register(sock.fileno(), select.POLLIN)
+            return not poller.poll(0)
         except (OSError, ValueError):
             return False
 
-    async def recv_some(self) -> None:
-        try:
-            data = await self.stream.socket.recv(_HEAD_READ)
-        except OSError as e:
-            raise _Closed(str(e)) from None
-        if not data:
-            raise _Closed("the server closed the connection")
-        self._progress()
-        self.buffered += data
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned
 
-    async def read_line(self) -> bytes:
-        """One CRLF-terminated line, without the CRLF."""
-        while True:
-            end = self.buffered.find(b"\r\n")
-            if end >= 0:
-                line = bytes(self.buffered[:end])
-                del self.buffered[:end + 2]
-                return line
-            if len(self.buffered) > _MAX_HEAD:
-                raise httpx.RemoteProtocolError("an HTTP header line is too long")
-            await self.recv_some()
+    def start(self) -> bool:
+        """Called by the worker before its GET: False if the task gave up on it meanwhile."""
+        with self._lock:
+            self._busy = not self._abandoned
+            return self._busy
 
-    async def read_into(self, view: memoryview) -> None:
-        """Fill `view` exactly: buffered bytes first, then recv_into the rest (no intermediate copies)."""
-        n = min(len(self.buffered), len(view))
-        view[:n] = self.buffered[:n]
-        del self.buffered[:n]
-        sock = self.stream.socket
-        while n < len(view):
+    def finish(self) -> bool:
+        """Called by the worker when its GET ends: False if the GET was abandoned (then it is closed)."""
+        with self._lock:
+            self._busy = False
+            if self._abandoned:
+                self.http.close()
+                return False
+        return True
+
+    def abandon(self) -> None:
+        """From the trio thread on cancellation: never reuse it, and stop the worker's blocking I/O."""
+        with self._lock:
+            self._abandoned = True
+            if not self._busy:
+                self.http.close()
+                return
+            sock = self.http.sock
+        if sock is not None:
             try:
-                got = await sock.recv_into(view[n:])
-            except OSError as e:
-                raise _Closed(str(e)) from None
-            if not got:
-                raise _Closed("the server closed the connection in the middle of a body")
-            n += got
-            self._progress()
-
-    def _progress(self) -> None:
-        self.answered = True
-        if self.scope is not None and self.read_timeout is not None:
-            # The read timeout bounds each wait for bytes, not the whole answer.
-            self.scope.deadline = trio.current_time() + self.read_timeout
-
-    async def read_to_eof(self) -> bytes:
-        parts = [bytes(self.buffered)]
-        self.buffered.clear()
-        while True:
-            try:
-                data = await self.stream.socket.recv(_HEAD_READ)
-            except OSError as e:
-                raise _Closed(str(e)) from None
-            if not data:
-                return b"".join(parts)
-            self._progress()
-            parts.append(data)
+                sock.shutdown(socket.SHUT_RDWR)  # the worker's recv returns; it closes the connection
+            except OSError:
+                pass
 
 
 @dataclass
-class _Head:
+class _Answer:
     status: int
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]
-    keep_alive: bool  # cleared when the body turns out to end with the connection
-
-    def header(self, name: bytes) -> bytes | None:
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
+    reason: str
+    version: int  # 10 or 11, as http.client says
+    headers: list[tuple[str, str]]
+    body: bytes | bytearray
+    keep: bool  # the connection can carry another request
 
 
 class BlobGetter:
-    """GETs of signed blob URLs over plain HTTP, each body read straight into one buffer.
+    """GETs of signed blob URLs (http and https), each body read into one buffer in a worker thread.
 
     `get` answers an httpx.Response (body already read) or raises httpx's transport errors, so the
-    client's retry loop treats it like any other request. Idle connections are kept per host and port.
+    client's retry loop treats it like any other request. Idle connections are kept per scheme, host and
+    port; at most `max_idle_per_host` GETs run at once (each holds a worker thread).
     """
 
     def __init__(self, max_idle_per_host: int = 32) -> None:
         self._max_idle = max_idle_per_host
-        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._idle: dict[_Key, list[_Conn]] = {}
+        self._limiter = trio.CapacityLimiter(max_idle_per_host)
+        self._ssl: ssl.SSLContext | None = None  # made on the first https GET (loading CAs costs)
 
     @staticmethod
     def handles(url: str) -> bool:
-        """Whether `get` can fetch this URL (plain http; https goes through httpx)."""
-        return url.startswith("http://")
+        """Whether `get` can fetch this URL."""
+        return url.startswith(("http://", "https://"))
 
-    async def get(self, url: str, headers: Mapping[str, str], timeout: httpx.Timeout) -> httpx.Response:
+    async def get(self, url: str, headers: Mapping[str, str], timeout: httpx.Timeout,
+                  max_bytes: int | None = None) -> httpx.Response:
+        """GET `url`. A 2xx body longer than `max_bytes` (default MAX_BLOB_BYTES) is refused with
+        RemoteProtocolError before it is read or allocated; so is any other answer's beyond MAX_BLOB_BYTES."""
         request = httpx.Request("GET", url, headers=headers)
-        key = (request.url.host, request.url.port or 80)
-        data = _request_head(request.url, headers)
+        scheme = request.url.scheme
+        key = (scheme, request.url.host, request.url.port or (443 if scheme == "https" else 80))
+        bound = MAX_BLOB_BYTES if max_bytes is None else max_bytes
         conn = self._take_idle(key)
         if conn is not None:
             try:
-                return await self._exchange(conn, key, request, data, timeout)
+                return await self._exchange(conn, key, request, timeout, bound)
             except (httpx.RemoteProtocolError, httpx.WriteError):
                 if conn.answered:
                     raise
                 # The server closed the kept connection as we reused it: nothing was answered, so the
                 # GET goes once more on a fresh connection.
-        conn = await self._connect(key, request, timeout.connect)
-        return await self._exchange(conn, key, request, data, timeout)
+        return await self._exchange(self._new_conn(key, timeout), key, request, timeout, bound)
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, {}
         for conns in idle.values():
             for conn in conns:
-                await trio.aclose_forcefully(conn.stream)
+                conn.http.close()
 
-    def _take_idle(self, key: tuple[str, int]) -> _Conn | None:
+    def _take_idle(self, key: _Key) -> _Conn | None:
         conns = self._idle.get(key)
         while conns:
             conn = conns.pop()
             if conn.is_idle_and_open():
                 return conn
-            conn.stream.socket.close()
+            conn.http.close()
         return None
 
-    def _keep(self, key: tuple[str, int], conn: _Conn) -> None:
+    def _keep(self, key: _Key, conn: _Conn) -> None:
         conns = self._idle.setdefault(key, [])
         if len(conns) < self._max_idle:
             conn.answered = False
             conns.append(conn)
         else:
-            conn.stream.socket.close()
+            conn.http.close()
 
-    async def _connect(self, key: tuple[str, int], request: httpx.Request, timeout: float | None) -> _Conn:
-        try:
-            with _fail_after(timeout):
-                return _Conn(await trio.open_tcp_stream(*key))
-        except trio.TooSlowError:
-            raise httpx.ConnectTimeout(f"connecting to {key[0]}:{key[1]} timed out", request=request) from None
-        except OSError as e:
-            raise httpx.ConnectError(f"cannot connect to {key[0]}:{key[1]}: {e}", request=request) from None
+    def _new_conn(self, key: _Key, timeout: httpx.Timeout) -> _Conn:
+        scheme, host, port = key
+        if scheme == "https":
+            if self._ssl is None:
+                self._ssl = httpx.create_ssl_context()  # the same trust as httpx's (certifi, SSL_CERT_FILE)
+            return _Conn(http.client.HTTPSConnection(host, port, timeout=timeout.connect, context=self._ssl))
+        return _Conn(http.client.HTTPConnection(host, port, timeout=timeout.connect))
 
-    async def _exchange(self, conn: _Conn, key: tuple[str, int], request: httpx.Request, data: bytes,
-                        timeout: httpx.Timeout) -> httpx.Response:
-        """Send the GET on `conn` and read the whole answer; the connection is kept if reusable."""
-        done = False
+    async def _exchange(self, conn: _Conn, key: _Key, request: httpx.Request, timeout: httpx.Timeout,
+                        bound: int) -> httpx.Response:
+        """Run the GET on `conn` in a worker thread; the connection is kept if reusable."""
         try:
-            try:
-                with _fail_after(timeout.write):
-                    await conn.stream.send_all(data)
-            except trio.TooSlowError:
-                raise httpx.WriteTimeout("sending a blob GET timed out", request=request) from None
-            except (OSError, trio.BrokenResourceError) as e:
-                raise httpx.WriteError(f"sending a blob GET failed: {e}", request=request) from None
-            try:
-                with _fail_after(timeout.read) as conn.scope:
-                    conn.read_timeout = timeout.read
-                    head = await _read_head(conn)
-                    body = await _read_body(conn, head)
-            except trio.TooSlowError:
-                raise httpx.ReadTimeout("reading a blob answer timed out", request=request) from None
-            except (_Closed, httpx.RemoteProtocolError) as e:
-                raise httpx.RemoteProtocolError(str(e), request=request) from None
-            done = True
-        finally:
-            conn.scope = None
-            if not done:
-                conn.stream.socket.close()
-        if head.keep_alive:
+            answer = await trio.to_thread.run_sync(_exchange_sync, conn, request, timeout, bound,
+                                                   abandon_on_cancel=True, limiter=self._limiter)
+        except trio.Cancelled:
+            # The worker may still be blocked in recv: shut its socket so it ends, and never reuse it.
+            conn.abandon()
+            raise
+        if answer.keep:
             self._keep(key, conn)
         else:
-            conn.stream.socket.close()
-        extensions: dict[str, object] = {"http_version": b"HTTP/1.1", "reason_phrase": head.reason}
-        if isinstance(body, bytearray) and 200 <= head.status < 300 and head.header(b"content-encoding") is None:
-            # httpx would want the body as bytes, which is one more copy of it: it is handed over as read.
-            extensions[BODY_EXTENSION] = body
-            body = b""
-        response = httpx.Response(head.status, headers=head.headers, stream=httpx.ByteStream(bytes(body)),
-                                  request=request, extensions=extensions)
-        await response.aread()  # a Content-Encoding (never asked for) is decoded here
-        return response
+            conn.http.close()
+        return _response(answer, request)
 
 
 def body_of(response: httpx.Response) -> bytes | bytearray:
@@ -242,70 +206,117 @@ def body_of(response: httpx.Response) -> bytes | bytearray:
     return body if isinstance(body, bytearray) else response.content
 
 
-def _request_head(url: httpx.URL, headers: Mapping[str, str]) -> bytes:
-    # identity: chunks are compressed (or not) by us when stored; nothing on top in transit.
-    lines = [b"GET " + url.raw_path + b" HTTP/1.1", b"Host: " + url.netloc, b"Accept-Encoding: identity"]
-    lines += [f"{k}: {v}".encode("latin-1") for k, v in headers.items()]
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+def _response(answer: _Answer, request: httpx.Request) -> httpx.Response:
+    extensions: dict[str, object] = {"http_version": b"HTTP/1.1" if answer.version == 11 else b"HTTP/1.0",
+                                     "reason_phrase": answer.reason.encode("latin-1", "replace")}
+    body = answer.body
+    encoded = any(k.lower() == "content-encoding" for k, _ in answer.headers)
+    if isinstance(body, bytearray) and 200 <= answer.status < 300 and not encoded:
+        # httpx would want the body as bytes, which is one more copy of it: it is handed over as read.
+        extensions[BODY_EXTENSION] = body
+        body = b""
+    response = httpx.Response(answer.status, headers=answer.headers, stream=httpx.ByteStream(bytes(body)),
+                              request=request, extensions=extensions)
+    response.read()  # a Content-Encoding (never asked for) is decoded here
+    return response
 
 
-def _fail_after(timeout: float | None) -> contextlib.AbstractContextManager[trio.CancelScope]:
-    """trio.fail_after(timeout), or no limit for None (httpx's "no timeout")."""
-    return trio.fail_after(math.inf if timeout is None else timeout)
+# ---- in the worker thread ---------------------------------------------------------------------------
 
 
-async def _read_head(conn: _Conn) -> _Head:
-    while True:
-        status_line = await conn.read_line()
-        parts = status_line.split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise httpx.RemoteProtocolError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
-        headers = []
-        while line := await conn.read_line():
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise httpx.RemoteProtocolError(f"malformed header line {line[:80]!r}")
-            headers.append((name.strip(), value.strip()))
-        status = int(parts[1])
-        if status >= 200:  # 1xx answers (100 Continue) are informational: the real one follows
-            break
-    tokens = [v.lower() for k, v in headers if k.lower() == b"connection"]
-    keep = b"close" not in b",".join(tokens) if parts[0] == b"HTTP/1.1" else b"keep-alive" in b",".join(tokens)
-    return _Head(status, parts[2] if len(parts) > 2 else b"", headers, keep)
+def _exchange_sync(conn: _Conn, request: httpx.Request, timeout: httpx.Timeout, bound: int) -> _Answer:
+    """Send the GET and read the whole answer, mapping failures to httpx's transport errors. The
+    connection is closed on any failure (and when abandoned); the caller keeps it if `keep`."""
+    if not conn.start():
+        raise httpx.ConnectError("the GET was given up before it started", request=request)
+    ok = False
+    try:
+        _connect(conn, request, timeout.connect)
+        if conn.abandoned:  # cancelled while connecting: there was no socket to shut down then
+            raise httpx.ConnectError("the GET was given up while connecting", request=request)
+        _send(conn, request, timeout.write)
+        answer = _receive(conn, request, timeout.read, bound)
+        ok = True
+    finally:
+        if not conn.finish() or not ok:
+            conn.http.close()
+    return answer
 
 
-async def _read_body(conn: _Conn, head: _Head) -> bytes | bytearray:
-    """The body as sent (Content-Length, chunked, or up to EOF, which ends the connection)."""
-    if head.status in (204, 304):
-        return b""
-    if (head.header(b"transfer-encoding") or b"").lower().endswith(b"chunked"):
-        return await _read_chunked(conn)
-    length = head.header(b"content-length")
-    if length is None:
-        head.keep_alive = False
-        return await conn.read_to_eof()
-    if not length.isdigit():
-        raise httpx.RemoteProtocolError(f"bad Content-Length {length[:40]!r}")
-    buf = bytearray(int(length))
+def _connect(conn: _Conn, request: httpx.Request, timeout: float | None) -> None:
+    if conn.http.sock is not None:
+        return
+    where = f"{conn.http.host}:{conn.http.port}"
+    try:
+        conn.http.connect()
+    except TimeoutError:
+        raise httpx.ConnectTimeout(f"connecting to {where} timed out", request=request) from None
+    except OSError as e:  # ssl.SSLError (a refused certificate) is an OSError too
+        raise httpx.ConnectError(f"cannot connect to {where}: {e}", request=request) from None
+
+
+def _send(conn: _Conn, request: httpx.Request, timeout: float | None) -> None:
+    h = conn.http
+    try:
+        h.sock.settimeout(timeout)
+        h.putrequest("GET", request.url.raw_path.decode("ascii"), skip_accept_encoding=True)
+        # identity: chunks are compressed (or not) by us when stored; nothing on top in transit.
+        h.putheader("Accept-Encoding", "identity")
+        for name, value in request.headers.raw:  # as the caller spelled them
+            if name.lower() not in (b"host", b"accept-encoding"):
+                h.putheader(name.decode("latin-1"), value)
+        h.endheaders()
+    except TimeoutError:
+        raise httpx.WriteTimeout("sending a blob GET timed out", request=request) from None
+    except (OSError, http.client.HTTPException) as e:
+        raise httpx.WriteError(f"sending a blob GET failed: {e}", request=request) from None
+
+
+def _receive(conn: _Conn, request: httpx.Request, timeout: float | None, bound: int) -> _Answer:
+    h = conn.http
+    h.sock.settimeout(timeout)  # bounds each wait for bytes, not the whole answer
+    try:
+        try:
+            resp = h.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+            # Closed before any answer: the caller may send the GET again on a fresh connection.
+            raise httpx.RemoteProtocolError(f"the server closed the connection: {e}", request=request) from None
+        conn.answered = True
+        limit = bound if 200 <= resp.status < 300 else MAX_BLOB_BYTES
+        body = _read_body(resp, limit, request)
+        keep = not resp.will_close
+        resp.close()
+    except TimeoutError:
+        conn.answered = True
+        raise httpx.ReadTimeout("reading a blob answer timed out", request=request) from None
+    except (OSError, http.client.HTTPException) as e:
+        conn.answered = True
+        raise httpx.RemoteProtocolError(f"reading a blob answer failed: {e!r}", request=request) from None
+    return _Answer(resp.status, resp.reason, resp.version, resp.getheaders(), body, keep)
+
+
+def _read_body(resp: http.client.HTTPResponse, limit: int, request: httpx.Request) -> bytes | bytearray:
+    """The body as sent, refused (before reading it) when it would exceed `limit` bytes."""
+    if resp.length is None:  # chunked, or up to EOF
+        return _read_unsized(resp, limit, request)
+    if resp.length > limit:
+        raise httpx.RemoteProtocolError(f"a blob answer of {resp.length} bytes exceeds the {limit} expected",
+                                        request=request)
+    buf = bytearray(resp.length)
     with memoryview(buf) as view:
-        await conn.read_into(view)
+        n = 0
+        while n < len(buf):
+            got = resp.readinto(view[n:])
+            if not got:
+                raise http.client.IncompleteRead(b"", len(buf) - n)
+            n += got
     return buf
 
 
-async def _read_chunked(conn: _Conn) -> bytes:
-    parts = []
-    while True:
-        size_line = (await conn.read_line()).split(b";", 1)[0].strip()
-        try:
-            size = int(size_line, 16)
-        except ValueError:
-            raise httpx.RemoteProtocolError(f"bad chunk size {size_line[:40]!r}") from None
-        if size == 0:
-            while await conn.read_line():  # trailers, up to the empty line
-                pass
-            return b"".join(parts)
-        piece = bytearray(size)
-        await conn.read_into(memoryview(piece))
-        parts.append(bytes(piece))
-        if await conn.read_line():
-            raise httpx.RemoteProtocolError("a chunk is longer than its size says")
+def _read_unsized(resp: http.client.HTTPResponse, limit: int, request: httpx.Request) -> bytearray:
+    body = bytearray()
+    while piece := resp.read(min(_PIECE, limit + 1 - len(body))):
+        body += piece
+        if len(body) > limit:
+            raise httpx.RemoteProtocolError(f"a blob answer exceeds the {limit} bytes expected", request=request)
+    return body

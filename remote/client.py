@@ -148,7 +148,7 @@ class ApiClient:
             transport=transport,
             follow_redirects=False,
         )
-        # Blob GETs over plain http skip httpx's per-piece body handling (see remote.blobget); a given
+        # Blob GETs skip httpx's per-piece body handling (see remote.blobget); a given
         # transport (tests) sees every request, and with an HTTP proxy set in the environment httpx's
         # proxy support is kept for every request.
         direct = transport is None and "http" not in urllib.request.getproxies()
@@ -185,9 +185,11 @@ class ApiClient:
         content: bytes | None = None,
         timeout: httpx.Timeout | None = None,
         blob_get: bool = False,
+        blob_max_bytes: int | None = None,
     ) -> httpx.Response:
         """Send with retries; return a 2xx response or raise from remote.errors. blob_get: a GET of a
-        signed blob URL (no API credentials), sent through the BlobGetter when it can."""
+        signed blob URL (no API credentials), sent through the BlobGetter when it can, which refuses a body
+        longer than blob_max_bytes."""
         policy = self.retry
         what = f"{method} {url.split('?', 1)[0]}"
         start = trio.current_time()
@@ -200,7 +202,8 @@ class ApiClient:
             retry_after = 0.0
             try:
                 if blob_get and self._blobs is not None and self._blobs.handles(url):
-                    resp = await self._blobs.get(url, headers or {}, timeout or self._http.timeout)
+                    resp = await self._blobs.get(url, headers or {}, timeout or self._http.timeout,
+                                                 max_bytes=blob_max_bytes)
                 else:
                     resp = await self._http.request(method, url, headers=headers, params=params, json=json,
                                                     content=content, **extra)
@@ -459,8 +462,9 @@ class ApiClient:
         """A request to a signed blob URL. An S3 store answers an expired URL with 403, not 410: that is
         reported as Expired too (see _error; or when the URL's expiry has passed), so callers renew it."""
         try:
+            # The stored size bounds any answer for the chunk (a range's or the whole object's).
             return await self._send(method, self._blob_url(url), idempotent=True, blob_get=method == "GET",
-                                    **kw)
+                                    blob_max_bytes=signed.stored_size if signed is not None else None, **kw)
         except errors.Forbidden as e:
             if signed is not None and time.time() >= signed.expires_at - 1:
                 raise errors.Expired(f"{method} {url.split('?', 1)[0]}: the signed URL has expired",

@@ -6,19 +6,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+import trio
 
 from remote import errors
 from remote.client import ApiClient, RetryPolicy
+from remote.models import SignedUrl
 
 CLOSE = b"<close>"  # answer: read the request, then close the connection without a word
 STALL = b"<stall>"  # answer: headers and a little of the body, then nothing for 2 s
+HANG = b"<hang>"  # answer: headers and a little of the body, then nothing until the client closes
 
 
 @dataclass
@@ -26,8 +34,10 @@ class Canned:
     """Answers each request with the next of `answers` (raw HTTP bytes, CLOSE or STALL)."""
 
     answers: list[bytes]
+    tls: ssl.SSLContext | None = None
     requests: list[bytes] = field(default_factory=list)
     connections: int = 0
+    closed_by_client: int = 0  # connections the client closed while a HANG answer waited
 
     def __post_init__(self) -> None:
         self._sock = socket.create_server(("127.0.0.1", 0))
@@ -44,6 +54,12 @@ class Canned:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (OSError, ssl.SSLError):  # the client refused the certificate
+                conn.close()
+                return
         with conn:
             buf = b""
             while self.answers:
@@ -60,6 +76,12 @@ class Canned:
                 if answer == STALL:
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
                     time.sleep(2)
+                    return
+                if answer == HANG:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+                    while conn.recv(65536):
+                        pass
+                    self.closed_by_client += 1
                     return
                 conn.sendall(answer)
                 if b"Connection: close" in answer:
@@ -156,3 +178,86 @@ async def test_with_an_http_proxy_in_the_environment_blob_gets_go_through_httpx(
     async with client(canned) as api:
         assert (await api.get_blob("http://store.invalid/blobs/a?sig=1"))[1] == b"via the proxy"
     assert canned.requests[0].startswith(b"GET http://store.invalid/blobs/a?sig=1 HTTP/1.1")
+
+
+def signed(url: str, stored_size: int) -> SignedUrl:
+    return SignedUrl(hash="0" * 64, url=url, method="GET", size=stored_size, stored_size=stored_size,
+                     expires_at=time.time() + 600)
+
+
+async def test_a_claimed_length_beyond_the_bound_is_refused_without_allocating_it(canned):
+    huge = 256 * 2**20  # what a hostile or broken store claims; the mount would allocate it per GET
+    canned.answers += [f"HTTP/1.1 200 OK\r\nContent-Length: {huge}\r\n\r\n".encode() + b"x" * 1000,
+                       ok(b"eleven byte"), ok(b"ten bytes!")]
+    async with client(canned) as api:
+        tracemalloc.start()
+        try:
+            with pytest.raises(errors.TransportFailure, match="exceeds"):
+                await api.get_blob("/blobs/a")  # no bound given: the largest stored chunk
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 2**20
+        with pytest.raises(errors.TransportFailure, match="exceeds"):  # the chunk's stored size bounds it
+            await api.get_blob(signed("/blobs/b", 10))
+        assert (await api.get_blob(signed("/blobs/c", 10)))[1] == b"ten bytes!"
+
+
+async def test_unsized_bodies_are_bounded_too(canned):
+    canned.answers += [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nsix by\r\n5\r\nfive!\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"y" * 11,
+    ]
+    async with client(canned) as api:
+        for path in ("/blobs/a", "/blobs/b"):
+            with pytest.raises(errors.TransportFailure, match="exceeds"):
+                await api.get_blob(signed(path, 10))
+    assert canned.connections == 2  # the refused chunked answer's connection was not reused
+
+
+@pytest.fixture
+def self_signed(tmp_path) -> tuple[Path, Path]:
+    """A certificate (and its key) for 127.0.0.1 that no CA vouches for."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+async def test_https_blob_urls_are_read_by_the_getter_and_verified(canned, self_signed, monkeypatch):
+    cert, key = self_signed
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    store = Canned([ok(b"over tls"), ok(b"again"), ok(b"never sent")], tls=tls)
+    url = store.url.replace("http://", "https://")
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trusted as httpx would trust it
+        async with client(canned) as api:
+            body = (await api.get_blob(url + "/blobs/a"))[1]
+            assert body == b"over tls" and isinstance(body, bytearray)  # read by the BlobGetter, not httpx
+            assert (await api.get_blob(url + "/blobs/b"))[1] == b"again"
+        assert store.connections == 1
+        monkeypatch.delenv("SSL_CERT_FILE")  # a certificate nobody vouches for is refused, not read
+        async with client(canned) as api:
+            with pytest.raises(errors.TransportFailure, match="CERTIFICATE_VERIFY_FAILED"):
+                await api.get_blob(url + "/blobs/c")
+        assert len(store.requests) == 2
+    finally:
+        store.close()
+
+
+async def test_a_cancelled_get_closes_its_connection(canned):
+    canned.answers += [HANG, ok(b"fresh")]
+    async with client(canned, timeout=60) as api:
+        with trio.move_on_after(0.3) as scope:
+            await api.get_blob("/blobs/a")
+        assert scope.cancelled_caught
+        # The worker thread blocked in recv is woken and closes the connection (else it waits a minute).
+        with trio.fail_after(20):
+            while not canned.closed_by_client:
+                await trio.sleep(0.01)
+        assert (await api.get_blob("/blobs/b"))[1] == b"fresh"
+    assert canned.connections == 2
