@@ -10,36 +10,20 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from dataclasses import dataclass
 
 import pytest
 
 from cache.chunker import MIN_CHUNK
-from tests.fixtures.faultproxy import FaultProxy
-from tests.fixtures.mount import MountProcess
+from tests.fixtures.faultproxy import mount_through_proxy
 
 SIZE = 12 * 2**20 + 4321  # about a dozen chunks (1 MiB on average), the last one short
 URLS = r"^POST /api/v1/chunks/download-urls$"
 
 
-@dataclass
-class Via:
-    """What MountProcess needs of a server: the URL to log in to (here, the proxy's)."""
-
-    url: str
-
-
 @pytest.fixture
 def proxied(fresh_server, tmp_path):
-    proxy = FaultProxy(fresh_server.url).start()
-    name, token = fresh_server.add_user()
-    mount = MountProcess(Via(proxy.url), name, token, tmp_path / "a")  # type: ignore[arg-type]
-    try:
-        mount.mount()
+    with mount_through_proxy(fresh_server, tmp_path / "a") as (proxy, mount):
         yield proxy, mount
-    finally:
-        mount.cleanup()
-        proxy.stop()
 
 
 def test_cold_sequential_read_fetches_each_chunk_once_with_one_url_request(proxied):

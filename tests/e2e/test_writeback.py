@@ -9,38 +9,24 @@ The mount talks to the server through the fault-injecting proxy, so the test can
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import pytest
 
-from tests.fixtures.faultproxy import FaultProxy
-from tests.fixtures.mount import MountProcess
+from tests.fixtures.faultproxy import mount_through_proxy
 from tests.reliability.helpers import ServerView
 
 COMMIT = r"^POST /api/v1/uploads/[^/]+/commit$"
 MTIME_NS = 1_600_000_000_123_456_789
 
 
-@dataclass
-class Via:
-    """What MountProcess needs of a server: the URL to log in to (here, the proxy's)."""
-
-    url: str
-
-
 @pytest.fixture
 def proxied(fresh_server, tmp_path):
-    proxy = FaultProxy(fresh_server.url).start()
-    name, token = fresh_server.add_user()
-    mount = MountProcess(Via(proxy.url), name, token, tmp_path / "a")  # type: ignore[arg-type]
-    view = ServerView(fresh_server.url, token)
-    try:
-        mount.mount()
-        yield proxy, mount, view
-    finally:
-        view.close()
-        mount.cleanup()
-        proxy.stop()
+    with mount_through_proxy(fresh_server, tmp_path / "a") as (proxy, mount):
+        view = ServerView(fresh_server.url, mount.token)
+        try:
+            yield proxy, mount, view
+        finally:
+            view.close()
 
 
 def test_queued_burst_replays_concurrently_parents_first(proxied):

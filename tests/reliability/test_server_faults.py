@@ -14,12 +14,11 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.faultproxy import FaultProxy
+from tests.fixtures.faultproxy import FaultProxy, ProxiedServer
 from tests.fixtures.mount import MountProcess
 from tests.reliability.helpers import (
     FAULT_OPS,
@@ -38,19 +37,12 @@ COMMIT = r"^POST /api/v1/uploads/[^/]+/commit$"
 BLOBS = r"^(PUT|GET) /blobs/"
 
 
-@dataclass
-class Via:
-    """What MountProcess needs of a server: the URL to log in to (here, the proxy's)."""
-
-    url: str
-
-
 @pytest.fixture
 def rig(fresh_server, tmp_path):
     """(server, proxy, A through the proxy, B direct, a ServerView of their account)."""
     proxy = FaultProxy(fresh_server.url, seed=SEED).start()
     name, token = fresh_server.add_user()
-    a = MountProcess(Via(proxy.url), name, token, tmp_path / "a", device="faultA")  # type: ignore[arg-type]
+    a = MountProcess(ProxiedServer(proxy.url), name, token, tmp_path / "a", device="faultA")  # type: ignore[arg-type]
     b = MountProcess(fresh_server, name, token, tmp_path / "b", device="faultB")
     view = ServerView(fresh_server.url, token)
     try:
