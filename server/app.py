@@ -334,7 +334,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             event = svc.notifier.event_for(user.id)
             page = await run_in_threadpool(store.changes, user, after, limit, exclude_device)
             remaining = deadline - time.monotonic()
-            if page.changes or remaining <= 0:
+            if page.changes or remaining <= 0 or svc.notifier.closing:
                 return page
             after = int(page.cursor)  # past the caller's own changes: keep waiting for others' from there
             if page.has_more:

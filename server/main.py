@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from types import FrameType
 
 import uvicorn
 
@@ -10,6 +12,19 @@ from .app import create_app
 from .config import ServerConfig, redact_url
 from .store.db import open_database
 from .store.metadata import MetadataStore
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, ending open long-polls as soon as it is asked to stop (they would otherwise hold
+    their connections until the graceful-shutdown timeout, so every stop took that long)."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)
 
 
 class StartupError(RuntimeError):
@@ -25,7 +40,7 @@ def serve(config: ServerConfig, log_level: str = "info") -> None:
         raise StartupError(f"cannot start the server: {type(e).__name__}: {e}") from e
     uv = uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level, access_log=False,
                         timeout_graceful_shutdown=3, lifespan="on")
-    server = uvicorn.Server(uv)
+    server = _Server(uv, on_exit=app.state.services.notifier.close)
     logging.getLogger("drivefs.server").info(
         "serving %s on http://%s:%d (metadata: %s; blobs: %s)", config.data_dir, config.host, config.port,
         redact_url(config.database_url) or "SQLite in the data directory", config.blob_url or "the data directory")

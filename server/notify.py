@@ -11,6 +11,9 @@ class ChangeNotifier:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: dict[int, asyncio.Event] = {}
+        # Set when the server is stopping: long-polls answer at once instead of holding their connection
+        # open until the graceful-shutdown timeout cuts it.
+        self.closing = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -45,3 +48,8 @@ class ChangeNotifier:
         if self._loop is None or self._loop.is_closed():
             return
         self._loop.call_soon_threadsafe(self._wake_all)
+
+    def close(self) -> None:
+        """The server is stopping: wake every reader, and let no new one wait."""
+        self.closing = True
+        self.notify_all()

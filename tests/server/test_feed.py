@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
+import httpx
+
 from tests.server.conftest import Drive, drive_on, ok, random_chunks
 
 
@@ -211,3 +213,28 @@ def test_write_recipient_changes_reach_the_owner(make_drive):
     assert _kinds(changes) == [("create", f["id"])]
     assert changes[0]["node"]["owner"] == alice.name and changes[0]["device"] == "bobs-pc"
     assert changes[0]["node"]["access"] == "owner"
+
+
+def test_stopping_the_server_answers_open_long_polls(fresh_server):
+    d = drive_on(fresh_server)
+    cursor = _feed(d)["cursor"]
+    result: dict = {}
+
+    def poll() -> None:
+        with fresh_server.client(d.token) as c:
+            try:
+                result["response"] = c.get("/api/v1/changes", params={"cursor": cursor, "wait": 30})
+            except httpx.HTTPError as e:
+                result["error"] = e
+
+    t = threading.Thread(target=poll)
+    t.start()
+    time.sleep(0.5)  # let the poll reach its wait
+    fresh_server.stop()
+    t.join(15)
+    assert not t.is_alive()
+    # Answered (empty, cursor unchanged) rather than cut off when the graceful-shutdown timeout ran out.
+    assert "error" not in result, result
+    assert result["response"].status_code == 200
+    assert result["response"].json()["changes"] == []
+    d.close()
