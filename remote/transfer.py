@@ -55,7 +55,7 @@ import zstandard
 from cachetools import LRUCache
 
 from cache.blocks import BlockMap, block_range, runs
-from cache.chunker import ChunkRef, chunk_views, hash_bytes
+from cache.chunker import MIN_CHUNK, ChunkRef, chunk_views, hash_bytes
 from cache.chunkcache import ChunkCache
 from cache.index import Index
 
@@ -79,6 +79,9 @@ DOWNLOAD_URL_BATCH = 64
 # Refs the cutter may run ahead of the router, and the most it asks the server about at once. Refs are
 # small (no bytes), so this only bounds how far ahead of the PUTs the file is read.
 ROUTE_BATCH = 32
+# Files up to this size are one chunk (FastCDC never cuts below its minimum): they are hashed on the spot
+# and sent by the commit, in four requests (session, URL, PUT, commit) instead of the pass's five.
+SMALL_FILE_BYTES = MIN_CHUNK
 # Bytes of a chunk's start and of its middle compressed to judge whether zstd pays for it.
 SAMPLE_BYTES = 32 * 2**10
 # Rounds of send-then-commit before an upload whose chunks keep going missing gives up.
@@ -212,7 +215,12 @@ class Transfer:
         with os.fdopen(os.open(path, os.O_RDONLY), "rb") as f:
             before = os.fstat(f.fileno())
             report = _Progress(progress, before.st_size)
-            scan = await self._scan_and_send(f, workers, report)
+            if before.st_size <= SMALL_FILE_BYTES:
+                # One chunk: the session's answer says whether it is missing and _commit sends it, so the
+                # pass needs no /chunks/missing request of its own, nor a worker thread to cut in.
+                scan = _cut_small(f)
+            else:
+                scan = await self._scan_and_send(f, workers, report)
             if _identity(os.fstat(f.fileno())) != _identity(before) or scan.size != before.st_size:
                 raise errors.FileChanged(f"{path} changed while it was being uploaded; upload it again")
             target: dict[str, Any] = {"node_id": node_id, "base_version": base_version, "parent_id": parent_id,
@@ -730,6 +738,13 @@ def _cut(f: BinaryIO, out: trio.MemorySendChannel[_Cut]) -> _Scan:
         refs.append(ref)
         trio.from_thread.run(out.send, _Cut(ref, _packable(view)))
     return _Scan(tuple(refs), sum(r.size for r in refs), whole.hexdigest())
+
+
+def _cut_small(f: BinaryIO) -> _Scan:
+    """The scan of a file of at most SMALL_FILE_BYTES: one chunk (or none), whose hash is the file's."""
+    refs = tuple(ref for ref, _ in chunk_views(f))
+    size = sum(r.size for r in refs)
+    return _Scan(refs, size, refs[0].hash if refs else hashlib.sha256(b"").hexdigest())
 
 
 def _packable(data: memoryview) -> bool:
