@@ -278,7 +278,9 @@ def _tune_malloc() -> None:
     the RSS tens of MB above what is in use. Allocations above a FUSE write's 1 MiB buffer go to mmap
     and are returned when freed; the heap is trimmed only past 16 MiB free at its top, so the 1 MiB
     buffer of every write is reused instead of being faulted in afresh (which cost a fifth of the
-    write throughput when the threshold was below 1 MiB).
+    write throughput when the threshold was below 1 MiB). Blob GETs fill their buffers in worker
+    threads, and glibc gives each allocating thread an arena whose freed memory it keeps: two arenas in
+    all keep a cold read of a 4 GiB file at 78 MiB instead of 90 (100 at 10 GiB), at the same speed.
     """
     try:
         import ctypes
@@ -286,6 +288,7 @@ def _tune_malloc() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 1152 * 1024)  # M_MMAP_THRESHOLD
         libc.mallopt(-1, 16 << 20)  # M_TRIM_THRESHOLD
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
 
