@@ -18,7 +18,8 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -227,3 +228,22 @@ def converge(mounts: list[MountProcess], view: ServerView, timeout: float = 30.0
                          f"{sorted(p for p in set(seen) & set(server) if seen[p] != server[p])}")
         raise AssertionError("mounts do not converge to the server's tree: " + "; ".join(diffs)) from None
     return state["server"]
+
+
+@contextmanager
+def two_devices(server: Any, root: Path, token_user: tuple[str, str], label: str,
+                a_server: Any = None) -> Iterator[tuple[MountProcess, MountProcess, "ServerView"]]:
+    """One account mounted as devices `<label>A` (through `a_server`, default `server`) and `<label>B`,
+    plus a ServerView of it; all closed and unmounted afterwards."""
+    name, token = token_user
+    a = MountProcess(a_server or server, name, token, root / "a", device=f"{label}A")
+    b = MountProcess(server, name, token, root / "b", device=f"{label}B")
+    view = ServerView(server.url, token)
+    try:
+        a.mount()
+        b.mount()
+        yield a, b, view
+    finally:
+        view.close()
+        a.cleanup()
+        b.cleanup()

@@ -37,6 +37,7 @@ from tests.reliability.helpers import (
     converge,
     flush_until_ok,
     sha,
+    two_devices,
 )
 
 FOLDERS = ("w0", "w1", "w0/deep")
@@ -223,13 +224,7 @@ def check_history(view: ServerView, written: set[str], torn: list[bytes], where:
 
 def test_kill_9_at_random_points_loses_nothing_that_returned(server, tmp_path, counts):
     rng = random.Random(SEED)
-    name, token = server.add_user()
-    a = MountProcess(server, name, token, tmp_path / "a", device="crashA")
-    b = MountProcess(server, name, token, tmp_path / "b", device="crashB")
-    view = ServerView(server.url, token)
-    try:
-        a.mount()
-        b.mount()
+    with two_devices(server, tmp_path, server.add_user(), "crash") as (a, b, view):
         for folder in FOLDERS:
             (a.path / folder).mkdir()
         flush_until_ok(a)
@@ -278,7 +273,3 @@ def test_kill_9_at_random_points_loses_nothing_that_returned(server, tmp_path, c
             state.update(on_server)
             counts.add(kill_points=1, files_verified=3 * len(on_server))
         print(f"crash: {KILL_POINTS} kill points, {cut_ops} cut an operation in flight, seed {SEED}")
-    finally:
-        view.close()
-        a.cleanup()
-        b.cleanup()

@@ -13,12 +13,11 @@ import unicodedata
 
 import pytest
 
-from tests.fixtures.mount import MountProcess
 from tests.reliability.helpers import (
-    ServerView,
     converge,
     flush_until_ok,
     sha,
+    two_devices,
     wait_for,
 )
 
@@ -51,13 +50,7 @@ def test_odd_names_round_trip_to_a_second_device(server, tmp_path, counts):
     assert NFC != NFD
     for name in FILES + FOLDERS:
         assert len(name.encode()) <= 255, name
-    name, token = server.add_user()
-    a = MountProcess(server, name, token, tmp_path / "a", device="namesA")
-    b = MountProcess(server, name, token, tmp_path / "b", device="namesB")
-    view = ServerView(server.url, token)
-    try:
-        a.mount()
-        b.mount()
+    with two_devices(server, tmp_path, server.add_user(), "names") as (a, b, view):
         os.listdir(b.path)
         expected: dict[str, bytes] = {}
         for folder in FOLDERS:
@@ -108,7 +101,3 @@ def test_odd_names_round_trip_to_a_second_device(server, tmp_path, counts):
         assert all(tree[p] == sha(d) for p, d in expected.items())
         assert (a.path / NFD).read_bytes() == content(NFD)  # its NFC twin moved; the NFD one stayed
         counts.add(fuzz_cases=len(FILES) * 3 + len(FOLDERS), files_verified=3 * len(expected))
-    finally:
-        view.close()
-        a.cleanup()
-        b.cleanup()

@@ -29,6 +29,7 @@ from tests.reliability.helpers import (
     flush_until_ok,
     sha,
     status,
+    two_devices,
     wait_for,
 )
 
@@ -41,19 +42,12 @@ BLOBS = r"^(PUT|GET) /blobs/"
 def rig(fresh_server, tmp_path):
     """(server, proxy, A through the proxy, B direct, a ServerView of their account)."""
     proxy = FaultProxy(fresh_server.url, seed=SEED).start()
-    name, token = fresh_server.add_user()
-    a = MountProcess(ProxiedServer(proxy.url), name, token, tmp_path / "a", device="faultA")  # type: ignore[arg-type]
-    b = MountProcess(fresh_server, name, token, tmp_path / "b", device="faultB")
-    view = ServerView(fresh_server.url, token)
     try:
-        a.mount()
-        b.mount()
-        os.listdir(b.path)
-        yield fresh_server, proxy, a, b, view
+        with two_devices(fresh_server, tmp_path, fresh_server.add_user(), "fault",
+                         a_server=ProxiedServer(proxy.url)) as (a, b, view):
+            os.listdir(b.path)
+            yield fresh_server, proxy, a, b, view
     finally:
-        view.close()
-        a.cleanup()
-        b.cleanup()
         proxy.stop()
 
 
