@@ -54,7 +54,7 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 BLOCK = MiB
 CONCURRENCY = 8
 WORKLOADS = ("write", "flush", "cold-read", "warm-read", "random-read", "small-files", "tar", "ls",
-             "overwrite", "insert", "big", "rss", "propagation", "transfer")
+             "overwrite", "insert", "big", "rss", "propagation", "transfer", "floor")
 # Server settings the bench must not inherit: it always runs the embedded defaults.
 _SERVER_ENV = ("DRIVE_DATABASE_URL", "DRIVE_BLOB_URL", "DRIVE_S3_ACCESS_KEY", "DRIVE_S3_SECRET_KEY",
                "DRIVE_SERVER_CONFIG")
@@ -994,6 +994,23 @@ class Bench:
         self.res.add(Row(f"two-device propagation, p95 of {changes}", p["p95_ms"], "ms", target="<= 1000 ms",
                          passed=p["p95_ms"] <= 1000, note=f"max {p['max_ms']} ms"))
 
+    def floor(self) -> None:
+        """What pyfuse3 + trio reach with a filesystem that does nothing: a ceiling for the rows above."""
+        log("floor: the same workloads on an in-memory pyfuse3 filesystem (scripts/fuse_floor.py)")
+        out = self.env.work / "floor.json"
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "fuse_floor.py"), "--size", str(self.args.size_bytes),
+                        "--json", str(out)], cwd=ROOT, check=True, env=self.env.env, stdout=subprocess.DEVNULL)
+        f = json.loads(out.read_text())
+        what = "pyfuse3 floor (in-memory fs, no work)"
+        self.res.speed(f"{what}: creates", f["create"]["floor"], f["create"]["local"], "files/s", "local disk")
+        self.res.speed(f"{what}: stats, attrs expired", f["stat"]["floor"], f["stat"]["local"], "stats/s",
+                       "local disk")
+        self.res.speed(f"{what}: 1 MiB writes + fsync", f["write"]["floor"], f["write"]["local"], "MiB/s",
+                       "local disk")
+        self.res.speed(f"{what}: 1 MiB reads", f["read"]["floor"], f["read"]["local"], "MiB/s",
+                       "local page cache")
+        self.res.extra["floor"] = f
+
     # -- the order ----------------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -1002,7 +1019,7 @@ class Bench:
             ("warm-read", self.warm_read), ("random-read", self.random_read), ("overwrite", self.overwrite),
             ("insert", self.insert), ("transfer", self.transfer), ("small-files", self.small_files),
             ("tar", self.tar), ("ls", self.ls), ("big", self.big), ("rss", self.rss),
-            ("propagation", self.propagation)]
+            ("propagation", self.propagation), ("floor", self.floor)]
         for name, step in steps:
             if name == "flush" and self.want("flush") and not self.want("write"):
                 self.write()  # the flush row is measured right after the write
