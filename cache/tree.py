@@ -9,6 +9,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from cachetools import LRUCache
+
 from cache.index import Index
 
 ROOT_INODE = 1
@@ -21,8 +23,12 @@ _COLS = (
 )
 _SELECT = "SELECT " + ", ".join(_COLS) + " FROM inodes"
 
+# Entries kept in memory: enough for the folders and files a program is working in, small enough
+# (a few hundred bytes each) not to show in the daemon's RSS.
+ENTRY_CACHE_SIZE = 8192
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One local node (see the `inodes` table in cache/index.py for what each field means)."""
 
@@ -76,27 +82,54 @@ def _entry(row: tuple) -> Entry:
 
 
 class Tree:
-    """Queries and updates of the local tree; every method is one short transaction."""
+    """Queries and updates of the local tree; every method is one short transaction.
+
+    Every change to the `inodes` table goes through this object, so it keeps the entries it read last
+    in memory (a lookup or getattr then runs no SQL). Only committed rows are kept: a read inside an
+    open transaction is not cached (it may roll back), and each write drops the entry it touches first.
+    """
 
     def __init__(self, index: Index, files_dir: Path) -> None:
         self.index = index
         self.conn = index.conn
         self.files_dir = files_dir
         files_dir.mkdir(parents=True, exist_ok=True)
+        self._entries: LRUCache[int, Entry] = LRUCache(ENTRY_CACHE_SIZE)
+        # (parent, name) -> inode; only a hint, checked against the entry it names on every use.
+        self._names: LRUCache[tuple[int, str], int] = LRUCache(ENTRY_CACHE_SIZE)
 
     # ---- reading -------------------------------------------------------------------------------
 
     def get(self, inode: int) -> Entry | None:
+        e = self._entries.get(inode)
+        if e is not None:
+            return e
         row = self.conn.execute(f"{_SELECT} WHERE inode = ?", (inode,)).fetchone()
-        return _entry(row) if row else None
+        return self._keep(_entry(row)) if row else None
+
+    def _keep(self, e: Entry) -> Entry:
+        if not self.conn.in_transaction:
+            self._entries[e.inode] = e
+            if e.parent_inode is not None:
+                self._names[(e.parent_inode, e.name)] = e.inode
+        return e
+
+    def _forget(self, inode: int) -> None:
+        self._entries.pop(inode, None)
 
     def by_node(self, node_id: int) -> Entry | None:
         row = self.conn.execute(f"{_SELECT} WHERE node_id = ?", (node_id,)).fetchone()
         return _entry(row) if row else None
 
     def child(self, parent_inode: int, name: str) -> Entry | None:
+        inode = self._names.get((parent_inode, name))
+        if inode is not None:
+            e = self.get(inode)
+            if e is not None and e.parent_inode == parent_inode and e.name == name:
+                return e
+            self._names.pop((parent_inode, name), None)
         row = self.conn.execute(f"{_SELECT} WHERE parent_inode = ? AND name = ?", (parent_inode, name)).fetchone()
-        return _entry(row) if row else None
+        return self._keep(_entry(row)) if row else None
 
     def children(self, parent_inode: int, after_inode: int = 0, limit: int = 10_000) -> list[Entry]:
         """Children in inode order, so readdir offsets (the inode) stay stable while the folder changes."""
@@ -125,6 +158,8 @@ class Tree:
 
     def ensure_roots(self, root_node_id: int | None) -> None:
         now = time.time_ns()
+        self._forget(ROOT_INODE)
+        self._forget(SHARED_INODE)
         with self.index.transaction():
             if self.get(1) is None:
                 self.conn.execute(
@@ -162,6 +197,7 @@ class Tree:
         if changes:
             sets = ", ".join(f"{k} = ?" for k in changes)
             values = [int(v) if isinstance(v, bool) else v for v in changes.values()]
+            self._forget(inode)
             with self.index.transaction():
                 self.conn.execute(f"UPDATE inodes SET {sets} WHERE inode = ?", (*values, inode))
         entry = self.get(inode)
@@ -169,6 +205,7 @@ class Tree:
         return entry
 
     def remove(self, inode: int) -> None:
+        self._forget(inode)
         with self.index.transaction():
             self.conn.execute("DELETE FROM inodes WHERE inode = ?", (inode,))
             self.conn.execute("DELETE FROM manifests WHERE inode = ?", (inode,))
