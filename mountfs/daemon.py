@@ -122,6 +122,7 @@ class Mount:
         self.chunks.reconcile()
         for part in Path(self.tree.files_dir).glob("*.part"):
             part.unlink(missing_ok=True)
+        self._drop_stray_data_files()
         for e in self.tree.dirty_files():
             path = self.tree.data_path(e.inode)
             if e.local_data and path.exists():
@@ -131,6 +132,18 @@ class Mount:
                 log.error("local data of %r (inode %d) is missing; it cannot be uploaded", e.name, e.inode)
         # Listed folders stay listed: the feed, resumed from the saved cursor, brings what changed
         # elsewhere meanwhile, and the cached tree stays browsable when the server is away.
+
+    def _drop_stray_data_files(self) -> None:
+        """Remove local copies no committed row claims: a create rolled back by the kill, or the old name
+        of a conflicted copy's bytes (they are linked under the copy's number before its row commits).
+        Left alone, a later create or truncate of that number would write through the stray name."""
+        for path in Path(self.tree.files_dir).iterdir():
+            if not path.name.isdigit():
+                continue
+            e = self.tree.get(int(path.name))
+            if e is None or not e.local_data:
+                log.info("removing %s: no file in the index keeps its local data there", path.name)
+                path.unlink(missing_ok=True)
 
     async def evict_loop(self) -> None:
         while True:

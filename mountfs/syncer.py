@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import trio
@@ -503,15 +503,28 @@ class Syncer:
                 break
         assert e.node_id is not None
         server = await self.remote.get_node(e.node_id)
-        with self.tree.index.transaction():
-            copy = self.tree.add(parent.inode, name, "file", e.mode, owner=e.owner, access=e.access,
-                                 local_data=True)
-            os.replace(self.tree.data_path(e.inode), self.tree.data_path(copy.inode))
-            self.tree.update(copy.inode, content_gen=1)
-            self.tree.enqueue("create", copy.inode, parent.inode, name)
-            self.tree.update(e.inode, local_data=False, version=server.version, size=server.size,
-                             mtime_ns=server.mtime_ns, content_hash=server.content_hash,
-                             synced_gen=e.content_gen)
+        ours = self.tree.data_path(e.inode)
+        copy_path: Path | None = None
+        try:
+            with self.tree.index.transaction():
+                copy = self.tree.add(parent.inode, name, "file", e.mode, owner=e.owner, access=e.access,
+                                     local_data=True, content_gen=1)
+                # The bytes get a second name before the rows change and lose the first only after the
+                # commit: killed anywhere in between, one committed row names them, and recovery
+                # removes the other name (Mount.recover). A move here would leave them under a row
+                # the rollback removed.
+                copy_path = self.tree.data_path(copy.inode)
+                copy_path.unlink(missing_ok=True)  # a stray a rolled-back create left under this number
+                os.link(ours, copy_path)
+                self.tree.enqueue("create", copy.inode, parent.inode, name)
+                self.tree.update(e.inode, local_data=False, version=server.version, size=server.size,
+                                 mtime_ns=server.mtime_ns, content_hash=server.content_hash,
+                                 synced_gen=e.content_gen)
+        except BaseException:
+            if copy_path is not None:
+                copy_path.unlink(missing_ok=True)
+            raise
+        ours.unlink(missing_ok=True)
         self.vfs.live.gen[e.inode] = e.content_gen
         self.vfs.live.gen[copy.inode] = 1
         self.vfs.content_synced(e.inode)
