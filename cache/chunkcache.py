@@ -266,6 +266,11 @@ class ChunkCache:
         with self.index.transaction() as conn:
             conn.execute("DELETE FROM chunk_pins WHERE owner = ?", (owner,))
 
+    def pin_owners(self, prefix: str) -> list[str]:
+        """Every owner holding pins whose tag starts with `prefix`."""
+        return [o for (o,) in self.index.conn.execute(
+            "SELECT DISTINCT owner FROM chunk_pins WHERE owner >= ? AND owner < ?", (prefix, prefix + "\uffff"))]
+
     def is_pinned(self, hash: str) -> bool:
         return self.index.conn.execute("SELECT 1 FROM chunk_pins WHERE hash = ?", (hash,)).get is not None
 

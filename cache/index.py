@@ -14,7 +14,7 @@ import apsw
 __all__ = ["SCHEMA_VERSION", "Index", "IndexVersionError", "UploadState", "create_tables"]
 
 # Bump when create_tables changes in a way an existing index file needs migrating for.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Long enough to ride out another connection's checkpoint, short enough to surface a stuck one.
 _BUSY_TIMEOUT_MS = 5000
@@ -74,7 +74,7 @@ def create_tables(conn: apsw.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS partial_chunks_lru ON partial_chunks(last_access)")
 
     # Chunks that eviction must not delete. `owner` is an opaque tag for who needs the chunk, e.g.
-    # 'file:<inode>' for a dirty file not yet uploaded, 'pin:<node_id>' for a file pinned offline.
+    # 'file:<inode>' for a dirty file not yet uploaded, 'pin:<inode>' for a file `drive pin` covers.
     # A chunk is pinned while any owner holds it. A pin may name a chunk not (yet) in cached_chunks.
     conn.execute(
         """
@@ -85,6 +85,11 @@ def create_tables(conn: apsw.Connection) -> None:
         )"""
     )
     conn.execute("CREATE INDEX IF NOT EXISTS chunk_pins_owner ON chunk_pins(owner)")
+
+    # Files and folders pinned with `drive pin`: kept on this device, now and as they change. `inode` is
+    # the pinned node (a folder covers everything below it); the chunks each covered file needs are
+    # pinned in chunk_pins under 'pin:<inode of the file>'.
+    conn.execute("CREATE TABLE IF NOT EXISTS pinned (inode INTEGER PRIMARY KEY)")
 
     # Small settings and cursors, e.g. 'feed_cursor'. Values are text; callers encode anything else.
     conn.execute(

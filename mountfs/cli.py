@@ -34,6 +34,7 @@ from mountfs.config import (
     save_credentials,
     write_private,
 )
+from mountfs.progress import ProgressView
 from mountfs.registry import MountEntry
 from server.config import DEFAULT_PORT, ServerConfig, default_data_dir
 
@@ -509,41 +510,14 @@ def _control(entry: MountEntry):  # -> ControlClient (imported lazily: it pulls 
 
 # ---- drive flush ----
 
-class _FlushView:
-    """Shows flush progress: a tqdm bar on a terminal, nothing otherwise; remembers the last report."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.last: dict[str, int] = {}
-        self.started = time.monotonic()
-        self._bar = None
-        self._tty = sys.stderr.isatty()
-
-    def __call__(self, progress: dict[str, Any]) -> None:
-        self.last = {k: int(progress.get(k) or 0) for k in ("done_bytes", "total_bytes", "done_files", "total_files")}
-        if not self._tty:
-            return
-        if self._bar is None:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=self.last["total_bytes"], desc=self.label, unit="B", unit_scale=True,
-                             unit_divisor=1024, file=sys.stderr, leave=False, dynamic_ncols=True)
-        bar = self._bar
-        if bar.total != self.last["total_bytes"]:
-            bar.total = self.last["total_bytes"]
-        bar.update(self.last["done_bytes"] - bar.n)
-        bar.set_postfix_str(f"{self.last['done_files']}/{self.last['total_files']} files", refresh=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+class _FlushView(ProgressView):
+    """Flush progress, and the line that sums a flush up."""
 
     def summary(self) -> str:
         files, size = self.last.get("total_files", 0), self.last.get("total_bytes", 0)
         if not files and not size:
             return "nothing to flush, every change is committed"
-        secs = max(time.monotonic() - self.started, 1e-3)
+        secs = self.seconds()
         return (f"committed {files} file{'s' if files != 1 else ''}, {format_size(size)} "
                 f"in {secs:.1f} s ({format_size(size / secs)}/s)")
 
@@ -826,10 +800,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("path", metavar="PATH", nargs="?", help="a mount point or a path inside one")
     st.add_argument("--json", action="store_true", help="print a JSON list of status objects instead")
     st.set_defaults(func=_status)
-    from mountfs import history, sharing
+    from mountfs import history, pins, sharing
 
     sharing.add_commands(sub)
     history.add_commands(sub)
+    pins.add_commands(sub)
     return p
 
 

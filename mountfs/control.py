@@ -6,6 +6,7 @@ newline-delimited JSON. The client sends one request per line:
     {"cmd": "status"}
     {"cmd": "flush"}
     {"cmd": "unmount", "flush": true}
+    {"cmd": "pin", "path": "Photos/2026"}   {"cmd": "unpin", "path": "..."}   {"cmd": "pins"}
 
 and the server answers it with zero or more progress lines, then exactly one final line:
 
@@ -58,6 +59,19 @@ class ControlHandler(Protocol):
 
     async def unmount(self, flush: bool) -> None:
         """(After an optional flush) stop the mount; the process then exits."""
+        ...
+
+    async def pin(self, path: str, report: Callable[[dict], Awaitable[None]]) -> dict:
+        """Pin a path relative to the mount point and fetch what it covers (progress as for flush);
+        return its summary: path, files, bytes, missing_bytes."""
+        ...
+
+    async def unpin(self, path: str) -> dict:
+        """Drop the pin on a path; return its summary."""
+        ...
+
+    async def pins(self) -> list[dict]:
+        """The summary of every pinned path."""
         ...
 
     async def resolve(self, path: str) -> dict:
@@ -232,6 +246,12 @@ class ControlServer:
                 result = await self.handler.flush(report)
             elif cmd == "resolve":
                 result = await self.handler.resolve(str(request.get("path", "")))
+            elif cmd == "pin":
+                result = await self.handler.pin(str(request.get("path", "")), report)
+            elif cmd == "unpin":
+                result = await self.handler.unpin(str(request.get("path", "")))
+            elif cmd == "pins":
+                result = await self.handler.pins()
             elif cmd == "unmount":
                 await self.handler.unmount(bool(request.get("flush", True)))
                 result = None
@@ -267,6 +287,15 @@ class ControlClient:
 
     def resolve(self, path: str) -> dict:
         return self.request("resolve", path=path, timeout=None)
+
+    def pin(self, path: str, on_progress: Callable[[Progress], None] | None = None) -> dict:
+        return self.request("pin", path=path, on_progress=on_progress, timeout=None)
+
+    def unpin(self, path: str) -> dict:
+        return self.request("unpin", path=path, timeout=None)
+
+    def pins(self) -> list[dict]:
+        return self.request("pins", timeout=None)
 
     def unmount(self, flush: bool = True) -> None:
         """Ask the daemon to stop; returns once it has accepted (it may still be exiting)."""

@@ -32,6 +32,7 @@ from .control import ControlServer
 from .evictor import Evictor
 from .fs import DriveOperations
 from .listener import FeedListener
+from .pinner import Pinner
 from .reader import Reader
 from .syncer import Syncer
 from .vfs import Vfs
@@ -69,13 +70,18 @@ class Mount:
                                      retry=RetryPolicy(max_total_s=5.0), timeout=45.0, max_connections=2)
         self.listener = FeedListener(self.vfs, self.tree, self.feed_client, cfg.device)
         self.ops = DriveOperations(self.vfs)
-        self.evictor = Evictor(self.tree, self.chunks, cfg.cache_limit, self.vfs.has_handles)
+        self.pinner = Pinner(self.tree, self.chunks, self.vfs.ensure_listed, self._chunk_list, self._fetch)
+        self.evictor = Evictor(self.tree, self.chunks, cfg.cache_limit, self.vfs.has_handles,
+                               pinned=self.pinner.covers)
         self.vfs.invalidator = self._invalidate
         self._nursery: trio.Nursery | None = None
         self._mounted = False
 
     def _invalidate(self, inode: int | None, parent_inode: int | None, name: str | None) -> None:
-        """Make the kernel forget what it cached of a changed inode and name (no-op before mounting)."""
+        """Make the kernel forget what it cached of a changed inode and name (no-op before mounting); a
+        pinned one is also brought up to date on this device."""
+        if inode is not None:
+            self.pinner.changed(inode)
         if not self._mounted:
             return
         if parent_inode is not None and name is not None:
@@ -93,6 +99,10 @@ class Mount:
         # keep=False: the reader is handed each chunk by on_chunk, so none are collected here.
         await self.transfer.download_chunks(node_id, version, [_Chunk(h, n) for h, n in chunks],
                                             chunk_cache=self.chunks, on_chunk=on_chunk, keep=False, nearby=nearby)
+
+    async def _chunk_list(self, e) -> list[tuple[str, int]]:
+        layout = await self.reader.layout(e)
+        return list(zip(layout.hashes, layout.sizes))
 
     async def _fetch_ranges(self, node_id: int, version: int, h: str, size: int,
                             ranges: Sequence[tuple[int, int]], nearby: Sequence[str]) -> None:
@@ -171,23 +181,37 @@ class Mount:
     async def flush(self, report) -> dict:
         return await self.syncer.flush(report)
 
+    async def _entry_at(self, path: str):
+        """The entry behind a path relative to the mount point."""
+        e = self.tree.get(ROOT_INODE)
+        assert e is not None
+        for part in [p for p in path.split("/") if p and p != "."]:
+            await self.vfs.ensure_listed(e)
+            child = self.tree.child(e.inode, part)
+            if child is None:
+                raise FileNotFoundError(f"no such file or folder in the drive: {path}")
+            e = child
+        return e
+
     async def resolve(self, path: str) -> dict:
         """Find the node behind a path in this mount, committing it first if it is not on the server yet."""
         for attempt in range(2):
-            e = self.tree.get(ROOT_INODE)
-            assert e is not None
-            for part in [p for p in path.split("/") if p and p != "."]:
-                await self.vfs.ensure_listed(e)
-                child = self.tree.child(e.inode, part)
-                if child is None:
-                    raise FileNotFoundError(f"no such file or folder in the drive: {path}")
-                e = child
+            e = await self._entry_at(path)
             if e.node_id is not None or attempt:
                 break
             await self.flush(_ignore_progress)
         if e.node_id is None:
             raise RuntimeError(f"{path} is not on the server yet: {self.syncer.last_error or 'try drive flush'}")
         return {"node_id": e.node_id, "name": e.name, "kind": e.kind, "owner": e.owner, "access": e.access}
+
+    async def pin(self, path: str, report) -> dict:
+        return (await self.pinner.pin(await self._entry_at(path), report)).as_dict()
+
+    async def unpin(self, path: str) -> dict:
+        return (await self.pinner.unpin(await self._entry_at(path))).as_dict()
+
+    async def pins(self) -> list[dict]:
+        return [p.as_dict() for p in await self.pinner.summaries()]
 
     async def unmount(self, flush: bool) -> None:
         if flush:
@@ -215,6 +239,7 @@ class Mount:
                 await nursery.start(self.listener.run)
                 await nursery.start(ControlServer(self.cfg.control_socket, self).serve)
                 nursery.start_soon(self.evict_loop)
+                nursery.start_soon(self.pinner.run)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(trio.to_thread.run_sync, _raise_readahead, self.cfg.mountpoint)
                 ready()

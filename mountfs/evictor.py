@@ -1,13 +1,14 @@
 """Keeps the cache under its limit: first clean local copies of whole files, then least recently used chunks.
 
 Only data that is also on the server is ever dropped: a dirty file's local copy, or one that is open,
-is never touched, and pinned chunks are never evicted (ChunkCache enforces that).
+is never touched, nor one `drive pin` covers, and pinned chunks are never evicted (ChunkCache enforces that).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cache.chunkcache import ChunkCache
@@ -29,11 +30,13 @@ class EvictReport:
 class Evictor:
     """One pass at a time: `run_once()`; the daemon calls it periodically."""
 
-    def __init__(self, tree: Tree, chunks: ChunkCache, limit: int, has_handles) -> None:
+    def __init__(self, tree: Tree, chunks: ChunkCache, limit: int, has_handles: Callable[[int], bool],
+                 pinned: Callable[[int], bool] = lambda inode: False) -> None:
         self.tree = tree
         self.chunks = chunks
         self.limit = limit
         self.has_handles = has_handles
+        self.pinned = pinned
 
     def local_bytes(self) -> int:
         total = 0
@@ -54,7 +57,7 @@ class Evictor:
                 continue
             used = st.st_blocks * 512
             local_total += used
-            if not e.dirty and e.node_id is not None and not self.has_handles(e.inode):
+            if not e.dirty and e.node_id is not None and not self.has_handles(e.inode) and not self.pinned(e.inode):
                 candidates.append((st.st_atime_ns, used, e))
         over = local_total + self.chunks.usage().bytes - self.limit
         dropped = freed = 0

@@ -94,7 +94,22 @@ def test_version_1_index_is_migrated_keeping_everything_but_upload_progress(inde
     assert index.list_uploads() == []
     index.save_upload("file:2", "s2")
     assert index.load_upload("file:2").session_id == "s2"
-    assert index.conn.execute("PRAGMA user_version").get == 2
+    assert index.conn.execute("PRAGMA user_version").get == SCHEMA_VERSION
+    index.close()
+
+
+def test_version_2_index_gains_the_pinned_table(index_path):
+    index = Index(index_path)
+    index.set_kv("feed_cursor", "7")
+    index.conn.execute("DROP TABLE pinned")
+    index.conn.execute("PRAGMA user_version = 2")
+    index.close()
+
+    index = Index(index_path)
+    assert index.get_kv("feed_cursor") == "7"
+    index.conn.execute("INSERT INTO pinned(inode) VALUES (5)")
+    assert index.conn.execute("SELECT inode FROM pinned").get == 5
+    assert index.conn.execute("PRAGMA user_version").get == SCHEMA_VERSION == 3
     index.close()
 
 

@@ -54,3 +54,14 @@ def test_chunks_share_the_limit_with_local_copies(tmp_path):
     assert ev.local_bytes() + chunks.usage().bytes <= 2 * MiB
     assert chunks.usage().chunks < 4
     index.close()
+
+
+def test_a_pinned_local_copy_is_kept(tmp_path):
+    index, tree, chunks = _setup(tmp_path, limit=1 * MiB)
+    kept = _local_file(tree, "pinned", 2 * MiB, node_id=20)
+    loose = _local_file(tree, "loose", 2 * MiB, node_id=21)
+    ev = Evictor(tree, chunks, 1 * MiB, has_handles=lambda inode: False, pinned=lambda inode: inode == kept.inode)
+    assert ev.run_once().files_dropped == 1
+    assert tree.get(kept.inode).local_data and tree.data_path(kept.inode).exists()
+    assert not tree.get(loose.inode).local_data
+    index.close()

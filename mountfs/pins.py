@@ -1,0 +1,134 @@
+"""`drive pin`, `drive unpin` and `drive pin --list`: keep files and folders on this device, for offline use.
+
+These talk to the daemon of the mount holding PATH (pins belong to one device's cache); the work is in
+mountfs/pinner.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from . import registry
+from .apicli import CommandError, mount_of
+from .config import format_size
+from .progress import ProgressView
+
+
+def _daemon_of(path: str) -> tuple[Any, str, str]:
+    """The control client of the mount holding PATH, PATH relative to it, and PATH as shown."""
+    shown = os.path.abspath(path)
+    if not os.path.lexists(shown):
+        raise CommandError(f"{shown}: no such file or folder")
+    found = mount_of(path)
+    if found is None:
+        raise CommandError(f"{shown} is not in a drivefs mount: only files in a mounted drive can be pinned")
+    from .control import ControlClient
+
+    entry, rel = found
+    return ControlClient(entry.control_socket), rel, shown
+
+
+def _kept(summary: dict) -> str:
+    files, size, missing = summary["files"], summary["bytes"], summary["missing_bytes"]
+    text = f"{files} file{'s' if files != 1 else ''}, {format_size(size)}"
+    if missing:
+        text += f" ({format_size(missing)} not on this device yet: it follows when the server is reachable)"
+    return text
+
+
+def pin(args: argparse.Namespace) -> int:
+    if args.list:
+        return _list(args.path, args.json)
+    if not args.path:
+        raise CommandError("give the files or folders to pin (or --list)")
+    from .control import ControlError
+
+    failed = 0
+    for path in args.path:
+        try:
+            client, rel, shown = _daemon_of(path)
+            view = ProgressView(os.path.basename(shown) or shown)
+            try:
+                summary = client.pin(rel, on_progress=view)
+            finally:
+                view.close()
+        except (CommandError, ControlError) as e:
+            print(f"drive: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"pinned {shown}: {_kept(summary)} kept on this device")
+    return 1 if failed else 0
+
+
+def unpin(args: argparse.Namespace) -> int:
+    from .control import ControlError
+
+    failed = 0
+    for path in args.path:
+        try:
+            client, rel, shown = _daemon_of(path)
+            summary = client.unpin(rel)
+        except (CommandError, ControlError) as e:
+            print(f"drive: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"unpinned {shown}: its {format_size(summary['bytes'])} may leave this device when the cache "
+              "needs room")
+    return 1 if failed else 0
+
+
+def _list(paths: list[str], as_json: bool) -> int:
+    from .control import ControlClient, ControlError
+
+    if paths:
+        entries = []
+        for path in paths:
+            found = mount_of(path)
+            if found is None:
+                raise CommandError(f"{os.path.abspath(path)} is not in a drivefs mount")
+            entries.append(found[0])
+    else:
+        entries = [e for e in registry.mounts() if e.alive()]
+    if not entries and not as_json:
+        print("no drivefs mounts")
+        return 0
+    failed = 0
+    found: list[dict] = []
+    for entry in entries:
+        try:
+            pinned = ControlClient(entry.control_socket).pins()
+        except ControlError as e:
+            print(f"drive: {entry.mountpoint}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        found += [{**p, "path": os.path.join(entry.mountpoint, p["path"])} for p in pinned]
+        if as_json:
+            continue
+        if not pinned:
+            print(f"{entry.mountpoint}: nothing pinned")
+        for summary in pinned:
+            print(f"{os.path.join(entry.mountpoint, summary['path'])}: {_kept(summary)}")
+    if as_json:
+        print(json.dumps(found, indent=2))
+    return 1 if failed else 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register the pin subcommands on the `drive` parser."""
+    p = sub.add_parser("pin", help="keep files or folders on this device, for use offline",
+                       description="Fetch PATH (a file, or a folder and everything in it, now and later) and "
+                                   "keep it in this device's cache: it stays readable without the server and "
+                                   "is never evicted. New versions from other devices are fetched as they "
+                                   "arrive. With --list: what is pinned (in the mounts holding PATH, or all).")
+    p.add_argument("path", metavar="PATH", nargs="*")
+    p.add_argument("--list", action="store_true", help="list the pinned paths and how much they hold")
+    p.add_argument("--json", action="store_true", help="with --list: as JSON (path, files, bytes, missing_bytes)")
+    p.set_defaults(func=pin)
+    u = sub.add_parser("unpin", help="stop keeping pinned files or folders on this device",
+                       description="Drop the pin on PATH: its content stays cached until the cache needs room.")
+    u.add_argument("path", metavar="PATH", nargs="+")
+    u.set_defaults(func=unpin)

@@ -1,0 +1,88 @@
+"""`drive pin`: pinned files and folders are fetched ahead, follow changes made elsewhere, stay readable
+without the server, and survive a remount; bad paths get a clear error."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.e2e.test_sync import eventually
+
+MiB = 2**20
+
+
+def pinned(m) -> list[dict]:
+    return json.loads(m.drive("pin", "--list", "--json", str(m.path)).stdout)
+
+
+def test_a_pinned_folder_follows_changes_and_reads_offline(two_devices_own_server):
+    a, b = two_devices_own_server
+    trip = a.path / "Trip"
+    (trip / "sub").mkdir(parents=True)
+    big, note = os.urandom(3 * MiB), b"hello"
+    (trip / "big.bin").write_bytes(big)
+    (trip / "sub" / "note.txt").write_bytes(note)
+    (a.path / "other.bin").write_bytes(os.urandom(MiB))
+    a.flush()
+    eventually(lambda: (b.path / "Trip" / "sub").is_dir(), timeout=10, what="Trip on B")
+
+    out = b.drive("pin", str(b.path / "Trip")).stdout
+    assert f"pinned {b.path / 'Trip'}: 2 files" in out and "not on this device" not in out, out
+    assert pinned(b) == [{"path": str(b.path / "Trip"), "files": 2, "bytes": len(big) + len(note),
+                          "missing_bytes": 0}]
+
+    # Made on the other device after the pin: a new file, and a new version of a pinned one.
+    later, big2 = os.urandom(2 * MiB), os.urandom(3 * MiB)
+    (trip / "later.bin").write_bytes(later)
+    (trip / "big.bin").write_bytes(big2)
+    a.flush()
+    eventually(lambda: pinned(b)[0]["files"] == 3 and pinned(b)[0]["missing_bytes"] == 0, timeout=30,
+               what="B fetches what changed inside the pin")
+
+    a.server.stop()
+    try:
+        assert (b.path / "Trip" / "big.bin").read_bytes() == big2
+        assert (b.path / "Trip" / "later.bin").read_bytes() == later
+        assert (b.path / "Trip" / "sub" / "note.txt").read_bytes() == note
+        with pytest.raises(OSError):  # never pinned nor read on B: it needs the server
+            (b.path / "other.bin").read_bytes()
+        # Pinned while the server is away: pinned all the same, and it says what is still to come.
+        out = b.drive("pin", str(b.path / "other.bin")).stdout
+        assert f"pinned {b.path / 'other.bin'}: 1 file, 1.0 MiB (1.0 MiB not on this device yet" in out, out
+    finally:
+        a.server.start()
+    eventually(lambda: all(p["missing_bytes"] == 0 for p in pinned(b)) and len(pinned(b)) == 2, timeout=60,
+               what="the file pinned offline is fetched once the server is back")
+
+
+def test_pins_persist_and_unpin_explains_itself(mount, tmp_path):
+    folder = mount.path / "Keep"
+    folder.mkdir()
+    (folder / "f.txt").write_text("kept")
+    (mount.path / "loose.txt").write_text("loose")
+    mount.flush()
+    assert "pinned" in mount.drive("pin", str(folder)).stdout
+
+    mount.unmount()
+    mount.mount()
+    assert [p["path"] for p in pinned(mount)] == [str(folder)]
+
+    def error(*args: str) -> str:
+        out = mount.drive(*args, check=False)
+        assert out.returncode == 1, out
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1, out.stderr
+        return lines[0]
+
+    assert "inside the pinned folder Keep" in error("unpin", str(folder / "f.txt"))
+    assert "loose.txt is not pinned" in error("unpin", str(mount.path / "loose.txt"))
+    assert "no such file or folder" in error("pin", str(mount.path / "missing.txt"))
+    outside = tmp_path / "outside.txt"
+    outside.write_text("x")
+    assert "is not in a drivefs mount" in error("pin", str(outside))
+
+    assert "unpinned" in mount.drive("unpin", str(folder)).stdout
+    assert pinned(mount) == []
+    assert "nothing pinned" in mount.drive("pin", "--list", str(mount.path)).stdout
