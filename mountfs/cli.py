@@ -656,6 +656,11 @@ def _status_lines(st: dict[str, Any]) -> Iterator[str]:
     limit = st.get("cache_limit")
     yield f"  cache:      {format_size(int(st.get('cache_bytes') or 0))}" + (
         f" of {format_size(int(limit))}" if limit else "")
+    pinned = st.get("pinned") or {}
+    if pinned.get("paths"):
+        missing = int(pinned.get("missing_bytes") or 0)
+        yield (f"  pinned:     {_plural(int(pinned['paths']), 'path')}, {format_size(int(pinned.get('bytes') or 0))} "
+               + (f"({format_size(missing)} not on this device yet)" if missing else "(all on this device)"))
     yield f"  last sync:  {_when(st.get('last_sync'))}"
     if st.get("last_error"):
         yield f"  last error: {st['last_error']}"

@@ -175,8 +175,14 @@ class Mount:
                 "cache_bytes": usage.bytes + local, "cache_limit": self.cfg.cache_limit,
                 # Bytes received from the blob store since the mount started (whole chunks and ranges).
                 "fetched_bytes": self.transfer.statistics().bytes_received,
+                "pinned": self._pinned_totals(await self.pinner.summaries()),
                 "last_sync": s.last_sync, "last_error": s.last_error,
                 "uploading": {"name": s.uploading} if s.uploading else {}}
+
+    @staticmethod
+    def _pinned_totals(pins) -> dict:
+        return {"paths": len(pins), "bytes": sum(p.bytes for p in pins),
+                "missing_bytes": sum(p.missing_bytes for p in pins)}
 
     async def flush(self, report) -> dict:
         return await self.syncer.flush(report)

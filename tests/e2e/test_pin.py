@@ -68,6 +68,7 @@ def test_pins_persist_and_unpin_explains_itself(mount, tmp_path):
     mount.unmount()
     mount.mount()
     assert [p["path"] for p in pinned(mount)] == [str(folder)]
+    assert "pinned:     1 path, 4 B (all on this device)" in mount.drive("status", str(mount.path)).stdout
 
     def error(*args: str) -> str:
         out = mount.drive(*args, check=False)
