@@ -44,8 +44,7 @@ import os
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -55,13 +54,14 @@ import zstandard
 from cachetools import LRUCache
 
 from cache.blocks import BlockMap, block_range, runs
-from cache.chunker import MIN_CHUNK, ChunkRef, chunk_views, hash_bytes
 from cache.chunkcache import ChunkCache
+from cache.chunker import MIN_CHUNK, ChunkRef, chunk_views, hash_bytes
 from cache.index import Index
 
 from . import errors
 from .client import ApiClient
 from .models import Node, SignedUrl, UploadChunk, UploadSession, VersionDetail
+from .tasks import worker_nursery
 
 __all__ = ["Progress", "Transfer", "TransferStatistics"]
 
@@ -331,7 +331,7 @@ class Transfer:
                         group = packable[i:i + workers]
                         await self._sign(await trio.to_thread.run_sync(_pack_group, fd, group, level), out)
 
-        async with _workers() as nursery:
+        async with worker_nursery() as nursery:
             cut_in, cut_out = trio.open_memory_channel[_Cut](ROUTE_BATCH)
             put_in, put_out = trio.open_memory_channel[_Signed](0)
             nursery.start_soon(cut, cut_in)
@@ -351,7 +351,7 @@ class Transfer:
                     ready = [await trio.to_thread.run_sync(_prepare, fd, ref, level) for ref in refs[i:i + workers]]
                     await self._sign(ready, out)
 
-        async with _workers() as nursery:
+        async with worker_nursery() as nursery:
             put_in, put_out = trio.open_memory_channel[_Signed](0)
             nursery.start_soon(prepare, put_in)
             async with put_out:
@@ -528,7 +528,7 @@ class Transfer:
                             chunk_cache.record(h, len(data))
                     await deliver(h, data)
 
-        async with _workers() as nursery:
+        async with worker_nursery() as nursery:
             jobs_in, jobs_out = trio.open_memory_channel[tuple[str, SignedUrl | None]](workers)
             nursery.start_soon(feed, jobs_in)
             async with jobs_out:
@@ -656,32 +656,6 @@ class Transfer:
                                           "hashes: the stored copy is damaged", bmap.hash)
             log.warning("blocks %s of chunk %s failed verification; fetching them again", list(blocks), bmap.hash)
         raise AssertionError("unreachable")
-
-
-@asynccontextmanager
-async def _workers() -> AsyncIterator[trio.Nursery]:
-    """A nursery whose failure is raised as the first worker's own exception (e.g. CorruptChunk), not as
-    an ExceptionGroup: when one worker fails the others are cancelled, and callers catch our error types.
-    Groups holding anything but ordinary exceptions (KeyboardInterrupt, ...) pass through unchanged."""
-    try:
-        async with trio.open_nursery() as nursery:
-            yield nursery
-    except BaseExceptionGroup as group:
-        leaves = list(_leaves(group))
-        if not leaves or not all(isinstance(e, Exception) for e in leaves):
-            raise
-        first = leaves[0]
-        if first.__cause__ is None:
-            first.__suppress_context__ = True
-        raise first
-
-
-def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
 
 
 class _Progress:
