@@ -20,6 +20,7 @@ import trio
 from cache.chunkcache import ChunkCache
 from cache.tree import ROOT_INODE, Entry, Tree
 from remote import errors as rerr
+from remote.tasks import worker_nursery
 
 from .vfs import FsError
 
@@ -27,6 +28,8 @@ log = logging.getLogger("drivefs.pinner")
 
 # Chunks asked for at a time while a pinned file is filled in (one URL request, parallel GETs).
 FETCH_WINDOW = 16
+# Covered files filled in at a time.
+PARALLEL_FILES = 4
 # After a change inside a pin, wait this long for more changes before fetching.
 SETTLE_S = 1.0
 # A fetch that failed (server away) is tried again after this long.
@@ -203,14 +206,25 @@ class Pinner:
                 self.chunks.unpin_owner(tag)
 
     async def _keep(self, e: Entry, report: Report | None) -> None:
+        """Fetch what every file `e` covers needs, PARALLEL_FILES files at a time (a folder of many small
+        files is a request or two per file: one after the other, the round trips would add up)."""
         files = [f async for f in self._files(e, list_missing=True)]
         total = sum(f.size for f in files)
-        done = 0
-        for n, f in enumerate(files, 1):
-            await self._keep_file(f)
-            done += f.size
+        done = [0, 0]  # bytes, files
+        limit = trio.CapacityLimiter(PARALLEL_FILES)
+
+        async def one(f: Entry) -> None:
+            async with limit:
+                await self._keep_file(f)
+            done[0] += f.size
+            done[1] += 1
             if report is not None:
-                await report({"done_bytes": done, "total_bytes": total, "done_files": n, "total_files": len(files)})
+                await report({"done_bytes": done[0], "total_bytes": total, "done_files": done[1],
+                              "total_files": len(files)})
+
+        async with worker_nursery() as nursery:  # one file's failure (server away) cancels the rest
+            for f in files:
+                nursery.start_soon(one, f)
 
     async def _keep_file(self, e: Entry) -> None:
         if e.local_data or e.node_id is None or e.size == 0:
@@ -268,3 +282,4 @@ class Pinner:
 def _in_tree(e: Entry | None) -> bool:
     """Not deleted (an unlinked file still open has no parent; the root never has one)."""
     return e is not None and (e.parent_inode is not None or e.inode == ROOT_INODE)
+
