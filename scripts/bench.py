@@ -47,6 +47,7 @@ import httpx  # noqa: E402
 import trio  # noqa: E402
 
 from cache.chunker import manifest_of  # noqa: E402
+from fuse_floor import create_small_files, stat_expired  # noqa: E402  (scripts/, beside this file)
 from remote.client import ApiClient  # noqa: E402
 from remote.models import UploadChunk  # noqa: E402
 
@@ -806,18 +807,9 @@ class Bench:
         out: dict[str, dict[str, float]] = {}
         for where, root in (("local", self.env.local / "small"), ("mount", self.env.mnt / "small")):
             root.mkdir()
-            paths = []
             with self.maybe_phase(where, "small:create"):
                 t0 = time.perf_counter()
-                for d in range(20):
-                    folder = root / f"d{d:02d}"
-                    folder.mkdir()
-                    for f in range(100):
-                        p = folder / f"f{f:03d}.dat"
-                        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                        os.write(fd, data)
-                        os.close(fd)
-                        paths.append(p)
+                paths = create_small_files(root, data)
                 create = time.perf_counter() - t0
             t0 = time.perf_counter()
             for p in paths:
@@ -829,14 +821,8 @@ class Bench:
                     self.env.flush()
                 sync = time.perf_counter() - t0
             quiet = self.env.wait_quiet() if where == "mount" else 0.0
-            stat_cold = float("inf")
             with self.maybe_phase(where, "small:stat"):
-                for _ in range(3):  # best of 3
-                    time.sleep(1.2)  # past the mount's 1 s entry/attribute timeouts: the stats reach the daemon
-                    t0 = time.perf_counter()
-                    for p in paths:
-                        os.stat(p)
-                    stat_cold = min(stat_cold, time.perf_counter() - t0)
+                stat_cold = stat_expired(paths)
             t0 = time.perf_counter()
             listed = sum(len(os.listdir(root / f"d{d:02d}")) for d in range(20))
             lst = time.perf_counter() - t0

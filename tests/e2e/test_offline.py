@@ -71,15 +71,21 @@ def _uncached_read(mount):
         mount.server.start()
 
 
+def edit_on_both_while_apart(a, b, name: str, on_a: str, on_b: str) -> None:
+    """`name` written on A and seen on B, then edited on both while their server is stopped (it is
+    left stopped): the next commits meet as a conflict."""
+    (a.path / name).write_text("base")
+    a.flush()
+    eventually(lambda: read_or_none(b.path / name) == b"base", what="base on B")
+    a.server.stop()
+    (a.path / name).write_text(on_a)
+    (b.path / name).write_text(on_b)
+
+
 def test_concurrent_offline_edits_make_one_conflicted_copy(two_devices_own_server):
     a, b = two_devices_own_server
     srv = a.server
-    (a.path / "report.txt").write_text("base")
-    a.flush()
-    eventually(lambda: read_or_none(b.path / "report.txt") == b"base", what="base on B")
-    srv.stop()
-    (a.path / "report.txt").write_text("edited on A")
-    (b.path / "report.txt").write_text("edited on B, offline")
+    edit_on_both_while_apart(a, b, "report.txt", "edited on A", "edited on B, offline")
     srv.start()
     a.flush()
     b.flush()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.test_offline import edit_on_both_while_apart
 from tests.e2e.test_sync import eventually, read_or_none
 from tests.fixtures.mount import MountProcess, is_mounted
 
@@ -34,14 +35,8 @@ def _copies(m: MountProcess) -> list[str]:
 def test_killed_while_keeping_a_conflicted_copy(two_devices_own_server, point):
     a, b = two_devices_own_server
     srv = a.server
-    (a.path / "report.txt").write_text("base")
-    a.flush()
-    eventually(lambda: read_or_none(b.path / "report.txt") == b"base", what="base on B")
-
     # Both edit while apart; B's version reaches the server first, A's edit waits in A's cache.
-    srv.stop()
-    (a.path / "report.txt").write_text("edited on A")
-    (b.path / "report.txt").write_text("edited on B")
+    edit_on_both_while_apart(a, b, "report.txt", "edited on A", "edited on B")
     a.unmount(flush=False)
     srv.start()
     b.flush()
