@@ -27,11 +27,11 @@ class BlobStore(Protocol):
     def download_url(self, info: ChunkInfo, user_id: int) -> models.SignedUrl: ...
     def read_staged(self, user_id: int, chunk: models.UploadChunk) -> bytes | None: ...
     def discard_staged(self, user_id: int, chunk: models.UploadChunk) -> None: ...
-    def write(self, hash_: str, encoding: str, data: bytes) -> None: ...
+    def write(self, hash_: str, encoding: str, data: bytes | bytearray) -> None: ...
     def exists(self, hash_: str, encoding: str) -> bool: ...
 
 
-def verify_chunk(hash_: str, encoding: str, size: int, stored: bytes) -> bytes:
+def verify_chunk(hash_: str, encoding: str, size: int, stored: bytes | bytearray) -> bytes | bytearray:
     """Check that `stored` (in `encoding`) decodes to `size` bytes whose SHA-256 is `hash_`; return those bytes."""
     if encoding == "zstd":
         try:
@@ -50,7 +50,7 @@ def verify_chunk(hash_: str, encoding: str, size: int, stored: bytes) -> bytes:
     return plain
 
 
-def block_hashes(plain: bytes) -> str:
+def block_hashes(plain: bytes | bytearray) -> str:
     """The SHA-256 (hex) of each BLOCK_BYTES block of a chunk's verified plain bytes, concatenated.
 
     Computed by the server, never taken from a client: every user who dedupes to this chunk verifies

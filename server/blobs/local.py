@@ -42,7 +42,7 @@ class LocalBlobStore:
     def download_url(self, info: ChunkInfo, user_id: int) -> models.SignedUrl:
         return self._url("GET", info.hash, info.encoding, info.size, info.stored_size, user_id)
 
-    def write(self, hash_: str, encoding: str, data: bytes) -> None:
+    def write(self, hash_: str, encoding: str, data: bytes | bytearray) -> None:
         """Store verified bytes: temp file, fsync, rename, fsync the folder, so a crash leaves all or nothing."""
         final = self.path(hash_, encoding)
         final.parent.mkdir(exist_ok=True)

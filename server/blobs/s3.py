@@ -212,7 +212,7 @@ class S3BlobStore:
         except (BotoCoreError, ClientError) as e:
             log.warning("could not delete the staging object of chunk %s: %s", chunk.hash, e)
 
-    def write(self, hash_: str, encoding: str, data: bytes) -> None:
+    def write(self, hash_: str, encoding: str, data: bytes | bytearray) -> None:
         """Store verified bytes under the chunk's key (Content-MD5 guards them on the way)."""
         md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
         self._s3.put_object(Bucket=self.location.bucket, Key=self.key(hash_, encoding), Body=data,
