@@ -334,3 +334,20 @@ async def test_crash_after_commit_does_not_commit_twice(api, tmp_path):
     assert node.version == 1 and len(await api.versions(node.id)) == 1
     assert index.load_upload("k") is None
     index.close()
+
+
+async def test_a_big_upload_bound_to_be_refused_sends_nothing(api, tmp_path):
+    me = await api.me()
+    src = write_random(tmp_path / "big", 9 * MiB)
+    transfer = Transfer(api)
+    v1 = await transfer.upload_file(src, parent_id=me.root_id, name="big")
+    await transfer.upload_file(src, node_id=v1.id, base_version=1)  # another device's version 2
+    write_random(src, 9 * MiB)
+    sent = transfer.statistics().chunks_sent
+    with pytest.raises(errors.VersionConflict) as info:
+        await transfer.upload_file(src, node_id=v1.id, base_version=1)
+    assert info.value.current_version == 2
+    await api.delete(v1.id)
+    with pytest.raises(errors.NotFound):
+        await transfer.upload_file(src, node_id=v1.id, base_version=2)
+    assert transfer.statistics().chunks_sent == sent  # the new bytes never left
