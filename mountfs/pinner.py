@@ -22,6 +22,7 @@ from cache.tree import ROOT_INODE, Entry, Tree
 from remote import errors as rerr
 from remote.tasks import worker_nursery
 
+from .config import format_size
 from .vfs import FsError
 
 log = logging.getLogger("drivefs.pinner")
@@ -103,6 +104,7 @@ class Pinner:
         now (server away) is fetched later, and the summary counts it as missing."""
         if e.kind == "symlink":
             raise ValueError(f"{self.path_of(e.inode) or 'the drive'} is a symbolic link: pin what it points to")
+        await self._check_room(e)
         with self.tree.index.transaction() as conn:
             conn.execute("INSERT OR IGNORE INTO pinned(inode) VALUES (?)", (e.inode,))
         self._roots.add(e.inode)
@@ -115,6 +117,27 @@ class Pinner:
             self._pending.add(e.inode)
             self._wakeup.set()
         return await self.summary(e)
+
+    async def _check_room(self, e: Entry) -> None:
+        """Refuse a pin that, with what is pinned already, would not fit in the cache: pinned content
+        is never evicted, so the cache would outgrow its limit (and then the disk)."""
+        try:
+            async for _ in self._files(e, list_missing=True):
+                pass  # lists the folders below from the server, so their files count
+        except (FsError, OSError, rerr.RemoteError):
+            pass  # the server is away: count what this device knows
+        covered: dict[int, int] = {}
+        for root in [e.inode, *self.roots()]:
+            entry = self.tree.get(root)
+            if entry is not None:
+                async for f in self._files(entry, list_missing=False):
+                    covered[f.inode] = f.size
+        total, limit = sum(covered.values()), self.chunks.limit
+        if total > limit:
+            where = self.path_of(e.inode) or "the drive"
+            raise ValueError(f"cannot pin {where}: with what is pinned already that is {format_size(total)}, more "
+                             f"than this mount's cache limit of {format_size(limit)} (pinned files are never "
+                             "evicted); mount with a larger --cache-limit, or pin less")
 
     async def unpin(self, e: Entry) -> PinSummary:
         """Drop the pin on `e`; the chunks it held may be evicted once nothing else pins them."""

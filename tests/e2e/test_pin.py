@@ -87,3 +87,27 @@ def test_pins_persist_and_unpin_explains_itself(mount, tmp_path):
     assert "unpinned" in mount.drive("unpin", str(folder)).stdout
     assert pinned(mount) == []
     assert "nothing pinned" in mount.drive("pin", "--list", str(mount.path)).stdout
+
+
+def test_a_pin_larger_than_the_cache_is_refused(server, tmp_path):
+    from tests.fixtures.mount import MountProcess
+
+    name, token = server.add_user()
+    m = MountProcess(server, name, token, tmp_path / "m", extra_args=["--cache-limit", "3M"])
+    m.mount()
+    try:
+        (m.path / "big").mkdir()
+        (m.path / "big" / "a.bin").write_bytes(os.urandom(2 * MiB))
+        (m.path / "big" / "b.bin").write_bytes(os.urandom(2 * MiB))
+        (m.path / "small.bin").write_bytes(os.urandom(MiB))
+        m.flush()
+        out = m.drive("pin", str(m.path / "big"), check=False)
+        assert out.returncode == 1 and "more than this mount's cache limit of 3.0 MiB" in out.stderr, out
+        assert pinned(m) == []  # nothing half-pinned
+        assert "pinned" in m.drive("pin", str(m.path / "small.bin")).stdout
+        out = m.drive("pin", str(m.path / "big" / "a.bin"), check=False)  # 1 + 2 MiB: fits the limit exactly
+        assert out.returncode == 0, out
+        out = m.drive("pin", str(m.path / "big" / "b.bin"), check=False)  # now 5 MiB in all
+        assert out.returncode == 1 and "with what is pinned already that is 5.0 MiB" in out.stderr, out
+    finally:
+        m.cleanup()
