@@ -257,6 +257,12 @@ class Pinner:
         self.chunks.unpin_owner(tag)  # an older version's chunks
         self.chunks.pin({h for h, _ in chunks}, tag)
         absent = list({h: size for h, size in chunks if h not in self.chunks}.items())
+        if absent and self.chunks.usage().pinned_bytes + sum(size for _, size in absent) > self.chunks.limit:
+            # Grown past the cache limit since it was pinned (files added elsewhere): what does not fit
+            # is left to be read on demand rather than pushing the cache past its limit.
+            log.warning("pinned files no longer fit in the cache limit; %r is not kept on this device",
+                        self.path_of(e.inode))
+            return
         for i in range(0, len(absent), FETCH_WINDOW):
             current = self.tree.get(e.inode)
             if current is None or current.version != e.version or current.local_data:

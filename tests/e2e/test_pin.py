@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +113,29 @@ def test_a_pin_larger_than_the_cache_is_refused(server, tmp_path):
         assert out.returncode == 1 and "with what is pinned already that is 5.0 MiB" in out.stderr, out
     finally:
         m.cleanup()
+
+
+def test_a_pinned_folder_that_outgrows_the_cache_keeps_what_fits(server, tmp_path):
+    from tests.fixtures.mount import MountProcess
+
+    name, token = server.add_user()
+    a = MountProcess(server, name, token, tmp_path / "a", device="writer")
+    b = MountProcess(server, name, token, tmp_path / "b", device="small", extra_args=["--cache-limit", "3M"])
+    try:
+        a.mount()
+        b.mount()
+        (a.path / "Box").mkdir()
+        (a.path / "Box" / "one.bin").write_bytes(os.urandom(2 * MiB))
+        a.flush()
+        eventually(lambda: (b.path / "Box" / "one.bin").exists(), timeout=10, what="Box on B")
+        b.drive("pin", str(b.path / "Box"))
+        (a.path / "Box" / "two.bin").write_bytes(os.urandom(2 * MiB))  # 4 MiB pinned > 3 MiB
+        a.flush()
+        eventually(lambda: pinned(b)[0]["files"] == 2, timeout=20, what="the new file listed on B")
+        time.sleep(3)  # the background task has had its look at it
+        p = pinned(b)[0]
+        assert p["missing_bytes"] == 2 * MiB, p  # two.bin left to be read on demand
+        assert "no longer fit in the cache limit" in Path(b.cache_dir, "mount.log").read_text()
+    finally:
+        a.cleanup()
+        b.cleanup()
