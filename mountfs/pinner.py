@@ -12,7 +12,7 @@ stay cached until the cache needs room.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import trio
@@ -80,22 +80,22 @@ class Pinner:
 
     def covers(self, inode: int) -> bool:
         """Whether the inode is pinned itself or lies inside a pinned folder."""
-        if not self._roots:
-            return False
-        e = self.tree.get(inode)
-        while e is not None:
-            if e.inode in self._roots:
-                return True
-            e = self.tree.get(e.parent_inode) if e.parent_inode is not None else None
-        return False
+        return bool(self._roots) and any(a.inode in self._roots for a in self._lineage(inode))
 
     def path_of(self, inode: int) -> str:
-        parts: list[str] = []
-        e = self.tree.get(inode)
-        while e is not None and e.parent_inode is not None:
-            parts.append(e.name)
-            e = self.tree.get(e.parent_inode)
-        return "/".join(reversed(parts))
+        return "/".join(reversed([a.name for a in self._lineage(inode) if a.parent_inode is not None]))
+
+    def _lineage(self, inode: int | None) -> Iterator[Entry]:
+        """The entry of `inode`, then its folder, and so on up to the root."""
+        e = self.tree.get(inode) if inode is not None else None
+        while e is not None:
+            yield e
+            e = self.tree.get(e.parent_inode) if e.parent_inode is not None else None
+
+    def _drop_root(self, inode: int) -> None:
+        with self.tree.index.transaction() as conn:
+            conn.execute("DELETE FROM pinned WHERE inode = ?", (inode,))
+        self._roots.discard(inode)
 
     # ---- the commands ---------------------------------------------------------------------------
 
@@ -104,30 +104,32 @@ class Pinner:
         now (server away) is fetched later, and the summary counts it as missing."""
         if e.kind == "symlink":
             raise ValueError(f"{self.path_of(e.inode) or 'the drive'} is a symbolic link: pin what it points to")
-        await self._check_room(e)
+        try:
+            files, listed = [f async for f in self._files(e, list_missing=True)], True
+        except (FsError, OSError, rerr.RemoteError):
+            files, listed = [f async for f in self._files(e, list_missing=False)], False  # what is known here
+        await self._check_room(e, files)
         with self.tree.index.transaction() as conn:
             conn.execute("INSERT OR IGNORE INTO pinned(inode) VALUES (?)", (e.inode,))
         self._roots.add(e.inode)
         try:
-            await self._keep(e, report)
+            # No cache-limit guard per file: _check_room has just counted all of it.
+            await self._keep_files(files, report, guard=False)
         except (FsError, OSError, rerr.RemoteError) as exc:
+            log.info("pinned %r; not all of it could be fetched yet: %s", self.path_of(e.inode), exc)
+            listed = False
+        if not listed:
             # Pinned all the same: the background task goes on once the server is back, and the
             # summary says how much is not here yet.
-            log.info("pinned %r; not all of it could be fetched yet: %s", self.path_of(e.inode), exc)
             self._pending.add(e.inode)
             self._wakeup.set()
         return await self.summary(e)
 
-    async def _check_room(self, e: Entry) -> None:
+    async def _check_room(self, e: Entry, files: list[Entry]) -> None:
         """Refuse a pin that, with what is pinned already, would not fit in the cache: pinned content
         is never evicted, so the cache would outgrow its limit (and then the disk)."""
-        try:
-            async for _ in self._files(e, list_missing=True):
-                pass  # lists the folders below from the server, so their files count
-        except (FsError, OSError, rerr.RemoteError):
-            pass  # the server is away: count what this device knows
-        covered: dict[int, int] = {}
-        for root in [e.inode, *self.roots()]:
+        covered = {f.inode: f.size for f in files}
+        for root in self.roots():
             entry = self.tree.get(root)
             if entry is not None:
                 async for f in self._files(entry, list_missing=False):
@@ -142,15 +144,13 @@ class Pinner:
     async def unpin(self, e: Entry) -> PinSummary:
         """Drop the pin on `e`; the chunks it held may be evicted once nothing else pins them."""
         if e.inode not in self._roots:
-            above = next((r for r in self.roots() if self._inside(e, r)), None)
+            above = next((a.inode for a in self._lineage(e.parent_inode) if a.inode in self._roots), None)
             where = self.path_of(e.inode) or "the drive"
             if above is not None:
                 raise ValueError(f"{where} is inside the pinned folder {self.path_of(above) or 'the drive'}: "
                                  "unpin that folder instead")
             raise ValueError(f"{where} is not pinned")
-        with self.tree.index.transaction() as conn:
-            conn.execute("DELETE FROM pinned WHERE inode = ?", (e.inode,))
-        self._roots.discard(e.inode)
+        self._drop_root(e.inode)
         async for f in self._files(e, list_missing=False):
             if not self.covers(f.inode):
                 self.chunks.unpin_owner(owner(f.inode))
@@ -203,7 +203,7 @@ class Pinner:
                     self.chunks.unpin_owner(owner(inode))
                     continue
                 try:
-                    await self._keep(e, None)
+                    await self._keep(e)
                 except (FsError, OSError, rerr.RemoteError) as exc:
                     log.info("pinned %r is not all on this device yet: %s", self.path_of(inode), exc)
                     self._pending.add(inode)
@@ -220,25 +220,26 @@ class Pinner:
         """Drop pins of inodes that are gone, and chunk pins of files no pin covers any more."""
         for inode in list(self._roots):
             if not _in_tree(self.tree.get(inode)):
-                with self.tree.index.transaction() as conn:
-                    conn.execute("DELETE FROM pinned WHERE inode = ?", (inode,))
-                self._roots.discard(inode)
+                self._drop_root(inode)
         for tag in self.chunks.pin_owners("pin:"):
             inode = int(tag.split(":", 1)[1])
             if not self.covers(inode):
                 self.chunks.unpin_owner(tag)
 
-    async def _keep(self, e: Entry, report: Report | None) -> None:
-        """Fetch what every file `e` covers needs, PARALLEL_FILES files at a time (a folder of many small
-        files is a request or two per file: one after the other, the round trips would add up)."""
-        files = [f async for f in self._files(e, list_missing=True)]
+    async def _keep(self, e: Entry) -> None:
+        """Bring what `e` covers up to date (the background task's step)."""
+        await self._keep_files([f async for f in self._files(e, list_missing=True)], None, guard=True)
+
+    async def _keep_files(self, files: list[Entry], report: Report | None, guard: bool) -> None:
+        """Fetch what these files need, PARALLEL_FILES files at a time (a folder of many small files is a
+        request or two per file: one after the other, the round trips would add up)."""
         total = sum(f.size for f in files)
         done = [0, 0]  # bytes, files
         limit = trio.CapacityLimiter(PARALLEL_FILES)
 
         async def one(f: Entry) -> None:
             async with limit:
-                await self._keep_file(f)
+                await self._keep_file(f, guard)
             done[0] += f.size
             done[1] += 1
             if report is not None:
@@ -249,7 +250,10 @@ class Pinner:
             for f in files:
                 nursery.start_soon(one, f)
 
-    async def _keep_file(self, e: Entry) -> None:
+    async def _keep_file(self, e: Entry, guard: bool) -> None:
+        """Pin and fetch the chunks of the file's current version. With `guard`, a file that would push
+        the pinned chunks past the cache limit is left to on-demand reads (summing the pinned chunks
+        reads the whole cache index, so the pin command, which checked the room first, skips it)."""
         if e.local_data or e.node_id is None or e.size == 0:
             return  # the local copy is the content, and the evictor keeps it while pinned
         chunks = await self.layout(e)
@@ -257,7 +261,8 @@ class Pinner:
         self.chunks.unpin_owner(tag)  # an older version's chunks
         self.chunks.pin({h for h, _ in chunks}, tag)
         absent = list({h: size for h, size in chunks if h not in self.chunks}.items())
-        if absent and self.chunks.usage().pinned_bytes + sum(size for _, size in absent) > self.chunks.limit:
+        if guard and absent and \
+                self.chunks.usage().pinned_bytes + sum(size for _, size in absent) > self.chunks.limit:
             # Grown past the cache limit since it was pinned (files added elsewhere): what does not fit
             # is left to be read on demand rather than pushing the cache past its limit.
             log.warning("pinned files no longer fit in the cache limit; %r is not kept on this device",
@@ -298,14 +303,6 @@ class Pinner:
                     elif child.kind == "file":
                         yield child
                 after = page[-1].inode
-
-    def _inside(self, e: Entry, root: int) -> bool:
-        cur = self.tree.get(e.parent_inode) if e.parent_inode is not None else None
-        while cur is not None:
-            if cur.inode == root:
-                return True
-            cur = self.tree.get(cur.parent_inode) if cur.parent_inode is not None else None
-        return False
 
 
 def _in_tree(e: Entry | None) -> bool:
