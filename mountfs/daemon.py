@@ -130,8 +130,6 @@ class Mount:
     def recover(self) -> None:
         """After a crash: trust the local data files for sizes, forget half-written temp files."""
         self.chunks.reconcile()
-        for part in Path(self.tree.files_dir).glob("*.part"):
-            part.unlink(missing_ok=True)
         self._drop_stray_data_files()
         for e in self.tree.dirty_files():
             path = self.tree.data_path(e.inode)
@@ -144,16 +142,18 @@ class Mount:
         # elsewhere meanwhile, and the cached tree stays browsable when the server is away.
 
     def _drop_stray_data_files(self) -> None:
-        """Remove local copies no committed row claims: a create rolled back by the kill, or the old name
-        of a conflicted copy's bytes (they are linked under the copy's number before its row commits).
-        Left alone, a later create or truncate of that number would write through the stray name."""
+        """Remove half-written `.part` copies, and local copies no committed row claims: a create rolled
+        back by the kill, or the old name of a conflicted copy's bytes (they are linked under the copy's
+        number before its row commits). Left alone, a later create or truncate of that number would
+        write through the stray name."""
         for path in Path(self.tree.files_dir).iterdir():
-            if not path.name.isdigit():
-                continue
-            e = self.tree.get(int(path.name))
-            if e is None or not e.local_data:
-                log.info("removing %s: no file in the index keeps its local data there", path.name)
+            if path.suffix == ".part":
                 path.unlink(missing_ok=True)
+            elif path.name.isdigit():
+                e = self.tree.get(int(path.name))
+                if e is None or not e.local_data:
+                    log.info("removing %s: no file in the index keeps its local data there", path.name)
+                    path.unlink(missing_ok=True)
 
     async def evict_loop(self) -> None:
         while True:
