@@ -484,7 +484,7 @@ def _stale_message(entry: MountEntry) -> str:
             f"run drive unmount {entry.mountpoint}")
 
 
-def _targets(path: str | None) -> list[MountEntry]:
+def mounts_holding(path: str | None) -> list[MountEntry]:
     """The live mount holding PATH, or every live mount. CliError for a PATH not in one."""
     live, stale = _sorted_mounts()
     if path is None:
@@ -537,7 +537,7 @@ def _flush_entry(entry: MountEntry) -> tuple[dict[str, Any], _FlushView]:
 def _flush(args: argparse.Namespace) -> int:
     from mountfs.control import ControlError
 
-    entries = _targets(args.path)
+    entries = mounts_holding(args.path)
     if not entries:
         print("no drivefs mounts to flush", file=sys.stderr)
         return 0
@@ -677,7 +677,7 @@ def _status_lines(st: dict[str, Any]) -> Iterator[str]:
 def _status(args: argparse.Namespace) -> int:
     from mountfs.control import ControlError
 
-    entries = _targets(args.path)
+    entries = mounts_holding(args.path)
     reports: list[dict[str, Any]] = []
     for entry in entries:
         try:

@@ -12,7 +12,6 @@ import os
 import sys
 from typing import Any
 
-from . import registry
 from .apicli import CommandError, mount_of
 from .config import format_size
 from .progress import ProgressView
@@ -82,17 +81,10 @@ def unpin(args: argparse.Namespace) -> int:
 
 
 def _list(paths: list[str], as_json: bool) -> int:
+    from .cli import mounts_holding
     from .control import ControlClient, ControlError
 
-    if paths:
-        entries = []
-        for path in paths:
-            found = mount_of(path)
-            if found is None:
-                raise CommandError(f"{os.path.abspath(path)} is not in a drivefs mount")
-            entries.append(found[0])
-    else:
-        entries = [e for e in registry.mounts() if e.alive()]
+    entries = [e for path in paths for e in mounts_holding(path)] if paths else mounts_holding(None)
     if not entries and not as_json:
         print("no drivefs mounts")
         return 0
@@ -100,18 +92,18 @@ def _list(paths: list[str], as_json: bool) -> int:
     found: list[dict] = []
     for entry in entries:
         try:
-            pinned = ControlClient(entry.control_socket).pins()
+            pinned = [{**p, "path": os.path.join(entry.mountpoint, p["path"])}
+                      for p in ControlClient(entry.control_socket).pins()]
         except ControlError as e:
             print(f"drive: {entry.mountpoint}: {e}", file=sys.stderr)
             failed += 1
             continue
-        found += [{**p, "path": os.path.join(entry.mountpoint, p["path"])} for p in pinned]
-        if as_json:
-            continue
-        if not pinned:
-            print(f"{entry.mountpoint}: nothing pinned")
-        for summary in pinned:
-            print(f"{os.path.join(entry.mountpoint, summary['path'])}: {_kept(summary)}")
+        found += pinned
+        if not as_json:
+            if not pinned:
+                print(f"{entry.mountpoint}: nothing pinned")
+            for summary in pinned:
+                print(f"{summary['path']}: {_kept(summary)}")
     if as_json:
         print(json.dumps(found, indent=2))
     return 1 if failed else 0
