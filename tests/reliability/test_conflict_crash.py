@@ -22,11 +22,6 @@ from tests.fixtures.mount import MountProcess, is_mounted
 INJECT = Path(__file__).parent / "inject"
 
 
-def _daemon_gone(m: MountProcess) -> bool:
-    out = subprocess.run(["pgrep", "-f", f"mountfs.daemon {m.cache_dir}/"], capture_output=True, text=True)
-    return not out.stdout.split()
-
-
 def _copies(m: MountProcess) -> list[str]:
     return sorted(n for n in os.listdir(m.path) if n.startswith("report") and "conflicted copy" in n)
 
@@ -45,7 +40,7 @@ def test_killed_while_keeping_a_conflicted_copy(two_devices_own_server, point):
     a.env.update(PYTHONPATH=str(INJECT), DRIVE_TEST_DIE_AT=point)
     try:
         a.mount()
-        eventually(lambda: _daemon_gone(a), timeout=30, what=f"A's daemon dies at '{point}'")
+        eventually(lambda: not a.daemon_pids(), timeout=30, what=f"A's daemon dies at '{point}'")
     finally:
         del a.env["PYTHONPATH"], a.env["DRIVE_TEST_DIE_AT"]
     if is_mounted(a.path):
