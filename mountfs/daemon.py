@@ -22,6 +22,7 @@ import trio
 
 from cache.chunkcache import ChunkCache
 from cache.index import Index
+from cache.spares import SpareFiles
 from cache.tree import ROOT_INODE, Tree
 from remote import errors as rerr
 from remote.client import ApiClient, RetryPolicy
@@ -43,6 +44,7 @@ _Chunk = namedtuple("_Chunk", "hash size")
 # Interactive calls (a read, a listing) give up quickly when the server is away; the syncer retries forever.
 INTERACTIVE_RETRY = RetryPolicy(max_total_s=8.0)
 EVICT_EVERY_S = 30.0
+SPARES_RETRY_S = 30.0
 
 
 class StartupError(Exception):
@@ -63,7 +65,9 @@ class Mount:
         self.client = ApiClient(cfg.server, creds.token, device=cfg.device, retry=INTERACTIVE_RETRY)
         self.transfer = Transfer(self.client)
         self.reader = Reader(self.tree, self.chunks, self.client, self._fetch, fetch_ranges=self._fetch_ranges)
-        self.vfs = Vfs(self.tree, self.reader, self.client, self._wake, cfg.user)
+        self._spares_low = trio.Event()
+        self.spares = SpareFiles(self.tree.files_dir, on_low=self._want_spares)
+        self.vfs = Vfs(self.tree, self.reader, self.client, self._wake, cfg.user, spares=self.spares)
         self.syncer = Syncer(self.vfs, self.tree, self.client, self.transfer, cfg.device)
         # The feed has its own client: a long-poll must not wait behind the interactive retry budget.
         self.feed_client = ApiClient(cfg.server, creds.token, device=cfg.device,
@@ -92,6 +96,9 @@ class Mount:
 
     def _wake(self) -> None:
         self.syncer.wake()
+
+    def _want_spares(self) -> None:
+        self._spares_low.set()
 
     async def _fetch(self, node_id: int, version: int, chunks: Sequence[tuple[str, int]],
                      on_chunk: Callable[[str, bytes | bytearray], None] | None = None,
@@ -131,6 +138,7 @@ class Mount:
         """After a crash: trust the local data files for sizes, forget half-written temp files."""
         self.chunks.reconcile()
         self._drop_stray_data_files()
+        self.spares.adopt()
         for e in self.tree.dirty_files():
             path = self.tree.data_path(e.inode)
             if e.local_data and path.exists():
@@ -154,6 +162,22 @@ class Mount:
                 if e is None or not e.local_data:
                     log.info("removing %s: no file in the index keeps its local data there", path.name)
                     path.unlink(missing_ok=True)
+
+    async def spare_loop(self) -> None:
+        """Keep empty data files ready for creates (cache/spares.py), made in a worker thread."""
+        failing = False
+        while True:
+            try:
+                await trio.to_thread.run_sync(self.spares.fill)
+                failing = False
+            except OSError as e:
+                if not failing:  # e.g. the cache disk is full: creates make their own files meanwhile
+                    log.warning("cannot make spare data files in %s: %s", self.tree.files_dir, e)
+                failing = True
+                await trio.sleep(SPARES_RETRY_S)
+                continue
+            self._spares_low = trio.Event()
+            await self._spares_low.wait()
 
     async def evict_loop(self) -> None:
         while True:
@@ -245,6 +269,7 @@ class Mount:
                 await nursery.start(self.listener.run)
                 await nursery.start(ControlServer(self.cfg.control_socket, self).serve)
                 nursery.start_soon(self.evict_loop)
+                nursery.start_soon(self.spare_loop)
                 nursery.start_soon(self.pinner.run)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(trio.to_thread.run_sync, _raise_readahead, self.cfg.mountpoint)

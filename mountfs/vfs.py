@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import trio
 
+from cache.spares import SpareFiles
 from cache.tree import ROOT_INODE, SHARED_INODE, SHARED_NAME, Entry, Tree
 from remote import errors as rerr
 
@@ -97,8 +98,10 @@ def existing_name(raw: bytes) -> str:
 class Vfs:
     """The mounted drive's tree and file contents, as the kernel sees them."""
 
-    def __init__(self, tree: Tree, reader: Any, remote: Any, wake_syncer: Callable[[], None], user: str) -> None:
+    def __init__(self, tree: Tree, reader: Any, remote: Any, wake_syncer: Callable[[], None], user: str,
+                 spares: SpareFiles | None = None) -> None:
         self.tree = tree
+        self.spares = spares
         self.reader = reader
         self.remote = remote
         self.wake_syncer = wake_syncer
@@ -339,8 +342,7 @@ class Vfs:
             with self.tree.index.transaction():  # one row, dirty from the start, and its create op, at once
                 e = self.tree.add(parent.inode, name, "file", mode & 0o7777, owner=parent.owner or self.user,
                                   access=self._child_access(parent), local_data=True, content_gen=1)
-                # Truncated: an inode number a rolled-back create used may come again with its stray file.
-                fd = os.open(self.tree.data_path(e.inode), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+                fd = self._new_data_file(e.inode)
                 self.tree.enqueue("create", e.inode, parent.inode, name)
         except BaseException:
             if fd is not None:
@@ -352,6 +354,17 @@ class Vfs:
         handle.fd = fd  # the program's writes go straight to the data file just made
         self.wake_syncer()
         return handle, e
+
+    def _new_data_file(self, inode: int) -> int:
+        """Open a new, empty local data file for `inode`: a spare made ahead of time when one is ready.
+
+        Either way a file already at that path is replaced: an inode number a rolled-back create used may
+        come again with its stray file."""
+        path = self.tree.data_path(inode)
+        fd = self.spares.take(path) if self.spares is not None else None
+        if fd is None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+        return fd
 
     async def _child_to_remove(self, parent_inode: int, raw: bytes) -> Entry:
         parent = self._writable_dir(parent_inode)

@@ -8,15 +8,20 @@ from pathlib import Path
 import trio
 
 from cache.index import Index
+from cache.spares import SpareFiles
 from cache.tree import ROOT_INODE, Tree
 from mountfs.vfs import Vfs
 
 
-def _vfs(tmp_path: Path) -> Vfs:
+def _vfs(tmp_path: Path, spares: int = 0) -> Vfs:
     index = Index(tmp_path / "index.db")
     tree = Tree(index, tmp_path / "files")
     tree.ensure_roots(None)
-    return Vfs(tree, reader=None, remote=None, wake_syncer=lambda: None, user="u")
+    pool = None
+    if spares:
+        pool = SpareFiles(tree.files_dir, keep=spares)
+        pool.fill()
+    return Vfs(tree, reader=None, remote=None, wake_syncer=lambda: None, user="u", spares=pool)
 
 
 def _count_statements(vfs: Vfs) -> list[str]:
@@ -68,3 +73,20 @@ def test_first_write_after_a_commit_marks_the_file_dirty_again(tmp_path: Path) -
         await vfs.release(h.fh)
 
     trio.run(main)
+
+
+def test_a_create_takes_a_spare_data_file_and_makes_its_own_once_none_is_left(tmp_path: Path) -> None:
+    vfs = _vfs(tmp_path, spares=1)
+
+    async def create(name: bytes, data: bytes) -> int:
+        h, e = await vfs.create(ROOT_INODE, name, 0o644, os.O_WRONLY)
+        await vfs.write(h.fh, 0, data)
+        await vfs.release(h.fh)
+        return e.inode
+
+    first = trio.run(create, b"a.txt", b"from a spare")
+    assert vfs.spares is not None and len(vfs.spares) == 0
+    second = trio.run(create, b"b.txt", b"made on the spot")
+    assert vfs.tree.data_path(first).read_bytes() == b"from a spare"
+    assert vfs.tree.data_path(second).read_bytes() == b"made on the spot"
+    assert sorted(os.listdir(vfs.tree.files_dir)) == sorted([str(first), str(second)])
