@@ -609,6 +609,8 @@ class Vfs:
         self.tree.update(e.inode, local_data=True)
 
     def _persist(self, inode: int) -> None:
+        """Record the local copy's size and mtime (at fsync and at the last close of a writer); the
+        index only caches them: recovery takes them from the local copy again."""
         e = self.tree.get(inode)
         if e is None or not e.local_data:
             return
@@ -617,14 +619,9 @@ class Vfs:
         except FileNotFoundError:
             return
         gen = max(self.live_gen(inode), e.content_gen)
-        if (e.size, e.mtime_ns, e.content_gen) != (st.st_size, st.st_mtime_ns, gen):  # e.g. release after flush
+        if (e.size, e.mtime_ns, e.content_gen) != (st.st_size, st.st_mtime_ns, gen):  # e.g. release after fsync
             self.tree.update(inode, size=st.st_size, mtime_ns=st.st_mtime_ns, content_gen=gen)
         self.live.stat[inode] = (st.st_size, st.st_mtime_ns)
-
-    async def flush(self, fh: int) -> None:
-        h = self.handle(fh)
-        if h.wrote:
-            self._persist(h.inode)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self.handle(fh)
@@ -640,7 +637,7 @@ class Vfs:
         h = self._handles.pop(fh, None)
         if h is None:
             return
-        if h.wrote and h.inode not in self.live.stat:  # else flush persisted it and nothing changed since
+        if h.wrote and h.inode not in self.live.stat:  # else fsync persisted it and nothing changed since
             self._persist(h.inode)
         if h.fd is not None:
             os.close(h.fd)

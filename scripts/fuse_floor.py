@@ -113,7 +113,7 @@ class FloorFs(pyfuse3.Operations):
         return (self.read_buf * 2)[start:start + size]
 
     async def flush(self, fh):
-        pass
+        raise pyfuse3.FUSEError(errno.ENOSYS)  # as the mount does: the kernel stops sending FLUSH
 
     async def fsync(self, fh, datasync):
         pass
