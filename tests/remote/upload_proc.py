@@ -1,7 +1,8 @@
 """Upload one file with remote.Transfer in a process of its own, for tests that kill it or measure its memory.
 
 Prints one JSON line: the node id, the transfer statistics, the seconds taken and this process's
-peak RSS (VmHWM, KiB). The token comes from $DRIVEFS_TOKEN (kept off the command line).
+peak RSS (VmHWM, KiB), at the end and once an eighth of the file had been sent. The token comes from
+$DRIVEFS_TOKEN (kept off the command line).
 `--throttle S` sleeps S seconds after each chunk sent, so a test can kill the process midway.
 """
 
@@ -34,7 +35,12 @@ def vm_hwm_kib() -> int:
 async def main(args: argparse.Namespace) -> dict:
     index = Index(args.index) if args.index else None
 
+    hwm_at_eighth = None
+
     def progress(done: int, total: int) -> None:
+        nonlocal hwm_at_eighth
+        if hwm_at_eighth is None and 8 * done >= total:
+            hwm_at_eighth = vm_hwm_kib()
         if args.throttle:
             time.sleep(args.throttle)  # blocks the trio loop on purpose: a slow link
 
@@ -44,7 +50,8 @@ async def main(args: argparse.Namespace) -> dict:
         node = await transfer.upload_file(args.file, parent_id=args.parent, name=args.name, index=index,
                                           upload_key=args.key, progress=progress)
     return {"node_id": node.id, "seconds": time.monotonic() - start,
-            "stats": dataclasses.asdict(transfer.statistics()), "vm_hwm_kib": vm_hwm_kib()}
+            "stats": dataclasses.asdict(transfer.statistics()), "vm_hwm_kib": vm_hwm_kib(),
+            "vm_hwm_at_eighth_kib": hwm_at_eighth}
 
 
 if __name__ == "__main__":
