@@ -84,7 +84,9 @@ def _list(paths: list[str], as_json: bool) -> int:
     from .cli import mounts_holding
     from .control import ControlClient, ControlError
 
-    entries = [e for path in paths for e in mounts_holding(path)] if paths else mounts_holding(None)
+    # Each mount once, however many of the paths it holds.
+    held = [e for path in paths for e in mounts_holding(path)] if paths else mounts_holding(None)
+    entries = list({e.mountpoint: e for e in held}.values())
     if not entries and not as_json:
         print("no drivefs mounts")
         return 0

@@ -70,6 +70,8 @@ def test_pins_persist_and_unpin_explains_itself(mount, tmp_path):
     mount.unmount()
     mount.mount()
     assert [p["path"] for p in pinned(mount)] == [str(folder)]
+    both = json.loads(mount.drive("pin", "--list", "--json", str(mount.path), str(folder)).stdout)
+    assert [p["path"] for p in both] == [str(folder)]  # two paths in one mount: its pins listed once
     assert "pinned:     1 path, 4 B (all on this device)" in mount.drive("status", str(mount.path)).stdout
 
     def error(*args: str) -> str:
