@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .apicli import CommandError, mount_of
@@ -39,45 +40,46 @@ def _kept(summary: dict) -> str:
     return text
 
 
+def _each(paths: list[str], act: Callable[[Any, str, str], str]) -> int:
+    """Run act(control client, path in the mount, path as shown) for each PATH and print the line it
+    returns; a PATH that fails gets one line on stderr and the others go on. Exit code 1 if any failed."""
+    from .control import ControlError
+
+    failed = 0
+    for path in paths:
+        try:
+            line = act(*_daemon_of(path))
+        except (CommandError, ControlError) as e:
+            print(f"drive: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(line)
+    return 1 if failed else 0
+
+
 def pin(args: argparse.Namespace) -> int:
     if args.list:
         return _list(args.path, args.json)
     if not args.path:
         raise CommandError("give the files or folders to pin (or --list)")
-    from .control import ControlError
 
-    failed = 0
-    for path in args.path:
+    def one(client: Any, rel: str, shown: str) -> str:
+        view = ProgressView(os.path.basename(shown) or shown)
         try:
-            client, rel, shown = _daemon_of(path)
-            view = ProgressView(os.path.basename(shown) or shown)
-            try:
-                summary = client.pin(rel, on_progress=view)
-            finally:
-                view.close()
-        except (CommandError, ControlError) as e:
-            print(f"drive: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        print(f"pinned {shown}: {_kept(summary)} kept on this device")
-    return 1 if failed else 0
+            summary = client.pin(rel, on_progress=view)
+        finally:
+            view.close()
+        return f"pinned {shown}: {_kept(summary)} kept on this device"
+
+    return _each(args.path, one)
 
 
 def unpin(args: argparse.Namespace) -> int:
-    from .control import ControlError
+    def one(client: Any, rel: str, shown: str) -> str:
+        summary = client.unpin(rel)
+        return f"unpinned {shown}: its {format_size(summary['bytes'])} may leave this device when the cache needs room"
 
-    failed = 0
-    for path in args.path:
-        try:
-            client, rel, shown = _daemon_of(path)
-            summary = client.unpin(rel)
-        except (CommandError, ControlError) as e:
-            print(f"drive: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        print(f"unpinned {shown}: its {format_size(summary['bytes'])} may leave this device when the cache "
-              "needs room")
-    return 1 if failed else 0
+    return _each(args.path, one)
 
 
 def _list(paths: list[str], as_json: bool) -> int:
