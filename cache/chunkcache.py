@@ -172,6 +172,9 @@ class ChunkCache:
         chunk's map (complete: promote_blocks() next), or None when the whole chunk is cached already."""
         with self.index.transaction() as conn:
             if conn.execute("SELECT 1 FROM cached_chunks WHERE hash = ?", (bmap.hash,)).get is not None:
+                # A whole fetch of the chunk was recorded while these blocks were on their way: the file
+                # they were just written to is no one's now (store_blocks() always precedes this call).
+                self.store.delete_partial(bmap.hash)
                 return None
             held = self.block_map(bmap.hash)
             if held is None or (held.size, held.block_size, held.digests) != (bmap.size, bmap.block_size,

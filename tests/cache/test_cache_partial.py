@@ -96,6 +96,24 @@ def test_a_whole_fetch_replaces_the_partial_copy(cache):
     assert cache.usage().bytes == SIZE and cache.read_range(h, 0, 10) == data[:10]
 
 
+def test_blocks_that_land_around_a_whole_fetch_leave_no_partial_file(cache):
+    """A range fetch (kernel read-ahead at a random offset) can still be writing its blocks when a
+    sequential reader's whole fetch of the same chunk is recorded: the blocks it writes after that, or
+    before its first row exists, must not leave a .blocks file behind that nothing would ever remove."""
+    h, data = make_chunk(5)
+    bmap = empty_map(h, data)
+    # the blocks' file is written, then the whole chunk is recorded before the blocks' row
+    cache.store_blocks(bmap, 1, data[BLOCK:2 * BLOCK])
+    cache.put(h, data, verified=True)
+    assert cache.record_blocks(bmap, range(1, 2)) is None
+    assert not cache.store.partial_path(h).exists()
+    # blocks arriving after the whole chunk
+    assert add_blocks(cache, bmap, data, range(2, 3)) is None
+    assert not cache.store.partial_path(h).exists()
+    assert cache.block_map(h) is None and cache.usage().bytes == SIZE
+    assert cache.read_range(h, 0, SIZE) == data
+
+
 def test_complete_blocks_that_do_not_make_the_chunk_are_not_promoted(cache):
     h, data = make_chunk(4)
     bmap = empty_map(h, data)
