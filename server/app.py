@@ -3,6 +3,7 @@
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -198,6 +199,19 @@ def create_app(config: ServerConfig) -> FastAPI:
             req.device = device
         return store.commit_file(user, req)
 
+    @app.post(f"{API}/files/small", response_model=models.SmallFilesAnswer, tags=["tree"])
+    def commit_small_files(user: Caller, req: models.SmallFiles, device: Device = None) -> models.SmallFilesAnswer:
+        """Create several small files, bytes included, in one request: each is stored and committed on
+        its own, and its result is its node or the error a commit of it alone would have had."""
+        results = []
+        for f in req.files:
+            try:
+                results.append(models.SmallFileResult(node=_commit_small(svc, user, f, device)))
+            except ApiError as e:
+                results.append(models.SmallFileResult(status=e.status, error=models.ErrorDetail(
+                    code=e.code, message=e.message, details=e.details)))
+        return models.SmallFilesAnswer(results=results)
+
     @app.post(f"{API}/nodes/{{node_id}}/move", response_model=models.Node, tags=["tree"])
     def move(user: Caller, node_id: models.NodeId, req: models.Move, device: Device = None) -> models.Node:
         return store.move(user, node_id, req, device)
@@ -371,6 +385,19 @@ def _store_blob(svc: Services, user_id: int, info: ChunkInfo, data: bytes | byte
     if stored.encoding == "none" and stored.block_hashes is None:
         stored = dataclasses.replace(stored, block_hashes=block_hashes(plain))
     return svc.store.record_chunk(user_id, stored)
+
+
+def _commit_small(svc: Services, user: User, f: models.SmallFile, device: str | None) -> models.Node:
+    """Store one inline file's bytes as its one chunk (the server hashes them itself) and commit it."""
+    data = f.data()
+    digest = hashlib.sha256(data).hexdigest()
+    manifest = []
+    if data:
+        _store_blob(svc, user.id, ChunkInfo(digest, len(data), len(data), "none"), data)
+        manifest.append(models.ChunkSpec(hash=digest, size=len(data)))
+    return svc.store.commit_file(user, models.FileCommit(
+        parent_id=f.parent_id, name=f.name, manifest=manifest, size=len(data), mode=f.mode, mtime_ns=f.mtime_ns,
+        content_hash=digest, device=device))
 
 
 def _with_blocks(url: models.SignedUrl, info: ChunkInfo) -> models.SignedUrl:

@@ -18,6 +18,11 @@ MAX_BATCH = 10_000
 # Chunks confirmed per request: the server reads each back from the blob store, so keep requests short.
 MAX_CONFIRM = 64
 MAX_JSON_BODY_BYTES = 96 * 2**20
+# Whole small files sent inline in one request (POST /files/small): one round trip instead of a
+# session, a PUT and a commit each. At most this many files, each at most this large, this much in all.
+MAX_SMALL_FILES = 256
+MAX_SMALL_FILE_BYTES = 256 * 2**10
+MAX_SMALL_FILES_BYTES = 8 * 2**20
 MAX_PAGE = 5_000
 DEFAULT_PAGE = 1_000
 MAX_LONGPOLL_SECONDS = 60.0

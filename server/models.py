@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -74,6 +76,55 @@ class SymlinkCreate(Strict):
 class ChunkSpec(Strict):
     hash: Hash
     size: Annotated[int, Field(ge=limits.MIN_CHUNK_BYTES, le=limits.MAX_CHUNK_BYTES)]
+
+
+class SmallFile(Strict):
+    """A whole new file sent inline: its bytes in base64, at most MAX_SMALL_FILE_BYTES of them."""
+
+    parent_id: NodeId
+    name: Name
+    mode: Mode = 0o644
+    mtime_ns: TimeNs | None = None
+    content: Annotated[str, Field(max_length=4 * (limits.MAX_SMALL_FILE_BYTES // 3 + 1),
+                                  description="the file's bytes, base64 (RFC 4648, with padding)")]
+
+    def data(self) -> bytes:
+        return base64.b64decode(self.content, validate=True)
+
+    @model_validator(mode="after")
+    def _decodes(self) -> "SmallFile":
+        try:
+            size = len(self.data())
+        except binascii.Error:
+            raise ValueError("content is not valid base64") from None
+        if size > limits.MAX_SMALL_FILE_BYTES:
+            raise ValueError(f"an inline file is at most {limits.MAX_SMALL_FILE_BYTES} bytes; upload larger "
+                             "ones through /uploads")
+        return self
+
+
+class SmallFiles(Strict):
+    """Several new small files, each committed on its own (one failing does not stop the others)."""
+
+    files: Annotated[list[SmallFile], Field(min_length=1, max_length=limits.MAX_SMALL_FILES)]
+
+    @model_validator(mode="after")
+    def _total(self) -> "SmallFiles":
+        if sum(len(f.content) for f in self.files) > 4 * (limits.MAX_SMALL_FILES_BYTES // 3 + 1):
+            raise ValueError(f"inline files carry at most {limits.MAX_SMALL_FILES_BYTES} bytes per request")
+        return self
+
+
+class SmallFileResult(BaseModel):
+    """The node made for one file, or why it was refused (status and error as a whole request's would be)."""
+
+    node: Node | None = None
+    status: int | None = None
+    error: ErrorDetail | None = None
+
+
+class SmallFilesAnswer(BaseModel):
+    results: list[SmallFileResult] = Field(description="one per file, in the order sent")
 
 
 class ManifestEntry(BaseModel):

@@ -28,7 +28,7 @@ API = "/api/v1"
 OPERATIONS: dict[str, set[str]] = {
     f"{API}/me": {"get"}, f"{API}/resolve": {"get"}, f"{API}/nodes/{{node_id}}": {"get", "patch", "delete"},
     f"{API}/nodes/{{node_id}}/children": {"get"}, f"{API}/folders": {"post"}, f"{API}/symlinks": {"post"},
-    f"{API}/files": {"post"}, f"{API}/nodes/{{node_id}}/move": {"post"}, f"{API}/nodes/{{node_id}}/restore": {"post"},
+    f"{API}/files": {"post"}, f"{API}/files/small": {"post"}, f"{API}/nodes/{{node_id}}/move": {"post"}, f"{API}/nodes/{{node_id}}/restore": {"post"},
     f"{API}/trash": {"get"}, f"{API}/nodes/{{node_id}}/versions": {"get"},
     f"{API}/nodes/{{node_id}}/versions/{{version}}": {"get"},
     f"{API}/nodes/{{node_id}}/versions/{{version}}/restore": {"post"},
