@@ -11,7 +11,7 @@ Whether a request may be sent twice decides how far it is retried:
 - idempotent requests (GET, PATCH, blob PUT/GET, the read-only POSTs under /chunks, session create,
   commit and drop, share) are retried on any of the failures above. Committing an upload session
   twice returns the same node: that is why uploads go through sessions.
-- the others (create_folder, create_symlink, commit_file, move, delete, restore, restore_version,
+- the others (create_folder, create_symlink, commit_file, commit_small_files, move, delete, restore, restore_version,
   unshare) are retried only when the request cannot have been applied: the connection was never
   made, or the server answered 429/503. A lost response (a read timeout, a dropped connection, a 500)
   raises TransportFailure / ServerError with `maybe_applied = True`. A caller that retries a direct
@@ -47,6 +47,7 @@ from .models import (
     Share,
     SharedItem,
     SignedUrl,
+    SmallFile,
     UploadChunk,
     UploadSession,
     Version,
@@ -59,6 +60,10 @@ API_PREFIX = "/api/v1"
 # The server refuses larger lists in one request (its limits.MAX_BATCH, limits.MAX_CONFIRM).
 MAX_BATCH = 10_000
 MAX_CONFIRM = 64
+# Inline small files (its limits.MAX_SMALL_FILES, MAX_SMALL_FILE_BYTES, MAX_SMALL_FILES_BYTES).
+SMALL_FILES = 256
+SMALL_FILE_BYTES = 256 * 2**10
+SMALL_FILES_BYTES = 8 * 2**20
 
 log = logging.getLogger("drivefs.remote")
 
@@ -337,6 +342,22 @@ class ApiClient:
         see the module docstring; upload sessions (create_upload/commit_upload) are the safe path."""
         body = _file_commit(manifest, size, node_id, base_version, parent_id, name, mode, mtime_ns, content_hash)
         return Node.from_json(await self._api("POST", "/files", idempotent=False, json=body))
+
+    async def commit_small_files(self, files: Sequence[SmallFile]) -> list[Node | errors.ApiError]:
+        """Create these new files, bytes included, in one request (at most SMALL_FILES of them and
+        SMALL_FILES_BYTES in all): for each, in order, its node or the error a commit of it alone would
+        have raised. Not retried after a lost response (see the module docstring): a retry may meet
+        Exists for the files the first attempt made."""
+        body = {"files": [f.to_json() for f in files]}
+        answer = await self._api("POST", "/files/small", idempotent=False, json=body)
+        out: list[Node | errors.ApiError] = []
+        for r in answer["results"]:
+            if r.get("node") is not None:
+                out.append(Node.from_json(r["node"]))
+            else:
+                out.append(errors.error_from_response(int(r.get("status") or 400), {"error": r.get("error")},
+                                                      "POST /files/small"))
+        return out
 
     async def move(self, node_id: int, parent_id: int, name: str, replace: bool = True) -> Node:
         """Rename and/or move; replace=False refuses an existing target (RENAME_NOREPLACE)."""

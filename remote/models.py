@@ -7,6 +7,7 @@ know are ignored, so a newer server does not break an older client.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ __all__ = [
     "SignedUrl",
     "Share",
     "SharedItem",
+    "SmallFile",
     "UploadChunk",
     "UploadSession",
     "Version",
@@ -178,6 +180,25 @@ class UploadChunk:
 
     def to_json(self) -> dict[str, Any]:
         return {"hash": self.hash, "size": self.size, "stored_size": self.stored_size, "encoding": self.encoding}
+
+
+@dataclass(frozen=True)
+class SmallFile:
+    """A whole new file small enough to be sent inline (ApiClient.commit_small_files); `content` is the
+    file's bytes, base64 on the wire."""
+
+    parent_id: int
+    name: str
+    content: bytes
+    mode: int = 0o644
+    mtime_ns: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"parent_id": self.parent_id, "name": self.name, "mode": self.mode,
+                                "content": base64.b64encode(self.content).decode("ascii")}
+        if self.mtime_ns is not None:
+            body["mtime_ns"] = self.mtime_ns
+        return body
 
 
 @dataclass(frozen=True)

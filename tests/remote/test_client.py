@@ -11,7 +11,7 @@ import zstandard
 
 from cache.chunker import hash_bytes
 from remote import errors
-from remote.models import UploadChunk
+from remote.models import SmallFile, UploadChunk
 from tests.remote.conftest import connect
 
 
@@ -72,6 +72,21 @@ async def test_chunk_blob_and_file_endpoints(api):
     assert detail.created_by == (await api.me()).name and detail.device == "test-device"
     v3 = await api.restore_version(node.id, 1)
     assert (v3.version, v3.size) == (3, len(plain))
+
+
+async def test_small_files_endpoint(api):
+    me = await api.me()
+    folder = await api.create_folder(me.root_id, "small")
+    await api.create_folder(folder.id, "taken")
+    files = [SmallFile(folder.id, "a.txt", b"alpha", mode=0o600, mtime_ns=77), SmallFile(folder.id, "empty", b""),
+             SmallFile(folder.id, "taken", b"in the way")]
+    a, empty, refused = await api.commit_small_files(files)
+    assert (a.name, a.size, a.mode, a.mtime_ns, a.content_hash) == ("a.txt", 5, 0o600, 77, hash_bytes(b"alpha"))
+    assert empty.size == 0 and empty.content_hash == hash_bytes(b"")
+    assert isinstance(refused, errors.Exists) and refused.details["kind"] == "dir"
+    detail = await api.version_detail(a.id, 1)
+    assert [(m.hash, m.size) for m in detail.manifest] == [(hash_bytes(b"alpha"), 5)]
+    assert detail.device == "test-device"
 
 
 async def test_upload_session_endpoints(api):
