@@ -8,6 +8,7 @@ discarded: a commit the server refuses as stale becomes a conflicted copy.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -21,13 +22,17 @@ import trio
 
 from cache.tree import Entry, Op, Tree
 from remote import errors as rerr
+from remote.client import SMALL_FILE_BYTES, SMALL_FILES, SMALL_FILES_BYTES
+from remote.models import SmallFile
 
 log = logging.getLogger("drivefs.syncer")
 
 Report = Callable[[dict], Awaitable[None]]
 
-# Ops that make a new node by name in a folder; a run of them replays concurrently, this many at once.
+# Ops that make a new node by name in a folder; a run of up to REPLAY_RUN of them goes up together:
+# the small closed files in one request with their bytes, the others concurrently, this many at once.
 CREATE_KINDS = ("create", "mkdir", "symlink")
+REPLAY_RUN = SMALL_FILES
 REPLAY_PARALLEL = 8
 # The write-back shares the FUSE thread: during a burst of requests each step waits for a pause this
 # long, at most QUIET_MAX_S, and in all no longer than QUIET_MAX_S plus the time the pass has worked,
@@ -209,7 +214,7 @@ class Syncer:
 
     async def replay_ops(self) -> None:
         while True:
-            batch = list(self.tree.ops(limit=100))
+            batch = list(self.tree.ops(limit=2 * REPLAY_RUN))
             if not batch:
                 return
             i = 0
@@ -255,7 +260,7 @@ class Syncer:
         for op in batch[start:]:
             if op.kind == "setattr" and op.inode in inodes:
                 setattrs.append(op)
-            elif op.kind in CREATE_KINDS and op.inode not in inodes and len(creates) < REPLAY_PARALLEL \
+            elif op.kind in CREATE_KINDS and op.inode not in inodes and len(creates) < REPLAY_RUN \
                     and self._node_id(op.parent_inode) is not None:
                 creates.append(op)
                 inodes.add(op.inode)
@@ -270,18 +275,21 @@ class Syncer:
         failing or being cancelled leaves its op queued and harmless. The first failure is raised once
         the others finished, as a plain exception the loop in run() knows how to retry.
         """
-        created: dict[int, Any] = {}
+        created = await self._create_small_files(creates)
         failures: list[Exception] = []
+        limiter = trio.CapacityLimiter(REPLAY_PARALLEL)
 
         async def one(op: Op) -> None:
-            try:
-                created[op.inode] = await self._replay(op)
-            except Exception as e:  # noqa: BLE001 - kept, and raised once the others are done
-                failures.append(e)
+            async with limiter:
+                try:
+                    created[op.inode] = await self._replay(op)
+                except Exception as e:  # noqa: BLE001 - kept, and raised once the others are done
+                    failures.append(e)
 
         async with trio.open_nursery() as nursery:
             for op in creates:
-                nursery.start_soon(one, op)
+                if op.inode not in created:
+                    nursery.start_soon(one, op)
         if failures:
             raise failures[0]
         for op in setattrs:
@@ -290,6 +298,64 @@ class Syncer:
                 self.vfs.collect(op.inode)
             else:
                 await self._replay(op)
+
+    async def _create_small_files(self, creates: list[Op]) -> dict[int, Any]:
+        """Create the small closed files among `creates` on the server in one request per SMALL_FILES,
+        bytes included, and return the nodes made by inode. A file the server refuses is left to the
+        one-by-one path (which knows what to do about a name taken, a folder gone …); a lost answer
+        raises with every op still queued, and the retry meets Exists for the files it made, which
+        _adopt_own_create takes back."""
+        created: dict[int, Any] = {}
+        pending: list[tuple[Op, SmallFile, int]] = []
+        size = 0
+        for op in creates:
+            sent = self._small_file(op)
+            if sent is None:
+                continue
+            if len(pending) == SMALL_FILES or size + len(sent[0].content) > SMALL_FILES_BYTES:
+                created.update(await self._send_small_files(pending))
+                pending, size = [], 0
+            pending.append((op, *sent))
+            size += len(sent[0].content)
+        if pending:
+            created.update(await self._send_small_files(pending))
+        return created
+
+    def _small_file(self, op: Op) -> tuple[SmallFile, int] | None:
+        """A file create op's file, read whole with the content generation read (None: not a small,
+        closed file with its local copy, so it goes up the usual way)."""
+        e = self.tree.get(op.inode)
+        parent_id = self._node_id(op.parent_inode)
+        if op.kind != "create" or e is None or e.kind != "file" or e.node_id is not None or not e.local_data \
+                or e.parent_inode is None or parent_id is None or op.name is None \
+                or self.vfs.is_being_written(e.inode):
+            return None
+        gen = self.vfs.live_gen(e.inode)  # before the read: a write after it leaves the file dirty
+        try:
+            with open(self.tree.data_path(e.inode), "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_size > SMALL_FILE_BYTES:
+                    return None
+                data = f.read(SMALL_FILE_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        if len(data) > SMALL_FILE_BYTES:
+            return None
+        return SmallFile(parent_id, op.name, data, mode=e.mode, mtime_ns=st.st_mtime_ns), gen
+
+    async def _send_small_files(self, pending: list[tuple[Op, SmallFile, int]]) -> dict[int, Any]:
+        results = await self.remote.commit_small_files([f for _, f, _ in pending])
+        created: dict[int, Any] = {}
+        for (op, _, gen), result in zip(pending, results, strict=True):
+            if isinstance(result, rerr.ApiError):
+                log.debug("%r was refused in a batch (%s); trying it alone", op.name, result)
+                continue
+            self._committed(op.inode, result, gen)
+            self.tree.op_done(op.seq)
+            self.vfs.collect(op.inode)
+            created[op.inode] = result
+        log.info("created %d small files in one request", len(created))
+        return created
 
     def _node_id(self, inode: int | None) -> int | None:
         e = self.tree.get(inode) if inode is not None else None
@@ -382,19 +448,32 @@ class Syncer:
 
     async def _adopt_own_create(self, e: Entry, exc: rerr.Exists) -> bool:
         """Whether the file in the way is this device's own earlier create whose answer was lost (a
-        direct commit is not retried, so its retry meets the file it made: one empty version, made by
-        this device). If so it becomes this inode's node and the content follows as a normal commit;
-        otherwise it would be taken for another device's file and ours renamed to a conflicted copy."""
+        direct commit is not retried, so its retry meets the file it made: one version, made by this
+        device, empty or with this file's bytes as sent inline). If so it becomes this inode's node and
+        the content follows as a normal commit; otherwise it would be taken for another device's file
+        and ours renamed to a conflicted copy."""
         node_id = exc.details.get("node_id")
         if exc.details.get("kind") != "file" or node_id is None:
             return False
         versions = await self.remote.versions(node_id)
-        if len(versions) != 1 or versions[0].device != self.device or versions[0].size != 0:
+        if len(versions) != 1 or versions[0].device != self.device:
+            return False
+        if versions[0].size != 0 and versions[0].content_hash != self._small_content_hash(e, versions[0].size):
             return False
         node = await self.remote.get_node(node_id)
         self.tree.update(e.inode, node_id=node.id, version=node.version, owner=node.owner, access=node.access)
         log.info("%r was created by an earlier attempt whose answer was lost; taking that node", e.name)
         return True
+
+    def _small_content_hash(self, e: Entry, size: int) -> str | None:
+        """The SHA-256 of a small file's local copy if it is `size` bytes long (None otherwise)."""
+        if not e.local_data or size > SMALL_FILE_BYTES:
+            return None
+        try:
+            data = self.tree.data_path(e.inode).read_bytes()
+        except FileNotFoundError:
+            return None
+        return hashlib.sha256(data).hexdigest() if len(data) == size else None
 
     async def _rename(self, e: Entry, op: Op) -> None:
         parent_id = self._node_id(op.parent_inode)
@@ -480,16 +559,20 @@ class Syncer:
                 **target)
         finally:
             self.uploading = None
-        with self.tree.index.transaction():
-            cur = self.tree.get(e.inode)
-            if cur is None:
-                return node
-            self.tree.update(e.inode, node_id=node.id, version=node.version, size=node.size,
-                             content_hash=node.content_hash, owner=node.owner, access=node.access,
-                             synced_gen=gen, content_gen=max(cur.content_gen, gen))
-            self.vfs.content_synced(e.inode)
+        self._committed(e.inode, node, gen)
         log.info("committed %r as version %d (%d bytes)", e.name, node.version, node.size)
         return node
+
+    def _committed(self, inode: int, node: Any, gen: int) -> None:
+        """Record a commit of the content of generation `gen`: the file is clean unless written since."""
+        with self.tree.index.transaction():
+            cur = self.tree.get(inode)
+            if cur is None:
+                return
+            self.tree.update(inode, node_id=node.id, version=node.version, size=node.size,
+                             content_hash=node.content_hash, owner=node.owner, access=node.access,
+                             synced_gen=gen, content_gen=max(cur.content_gen, gen))
+            self.vfs.content_synced(inode)
 
     async def _save_conflicted_copy(self, e: Entry) -> None:
         """The server moved past our base: keep ours beside it as a conflicted copy, take theirs."""

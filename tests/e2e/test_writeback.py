@@ -1,6 +1,6 @@
-"""The write-back replays a burst of creates several at a time and folds each file's setattr into its
-create, while every folder still reaches the server before what is created in it, and the server ends
-with exactly the local tree.
+"""The write-back replays a burst of creates together: small files in one request with their bytes,
+larger ones several at a time, each file's setattr folded into its create, while every folder still
+reaches the server before what is created in it, and the server ends with exactly the local tree.
 
 The mount talks to the server through the fault-injecting proxy, so the test can hold its changes back
 (every write answered 503) until the whole burst is queued, and then count the replay's requests.
@@ -16,6 +16,8 @@ from tests.fixtures.faultproxy import mount_through_proxy
 from tests.reliability.helpers import ServerView
 
 COMMIT = r"^POST /api/v1/uploads/[^/]+/commit$"
+SMALL = r"^POST /api/v1/files/small$"
+BIG = 300 * 2**10  # over the 256 KiB that may go inline
 MTIME_NS = 1_600_000_000_123_456_789
 
 
@@ -39,6 +41,8 @@ def test_queued_burst_replays_concurrently_parents_first(proxied):
         for i in range(10):
             rel = f"{folder}/f{i}.txt"
             data = f"{rel} ".encode() * (i + 1)
+            if i >= 7:
+                data = data * (BIG // len(data) + 1)
             (m / rel).write_bytes(data)
             os.chmod(m / rel, 0o600)  # as tar does: mode and mtime set after the file is closed
             os.utime(m / rel, ns=(MTIME_NS, MTIME_NS + i))
@@ -46,6 +50,7 @@ def test_queued_burst_replays_concurrently_parents_first(proxied):
 
     proxy.remove(held)
     commits = proxy.add(COMMIT, "delay", delay_s=0.2)  # slow commits make overlapping ones certain
+    small = proxy.add(SMALL, "pass")
     setattrs = proxy.add(r"^PATCH /api/v1/nodes/", "pass")
     mount.flush()
 
@@ -55,7 +60,10 @@ def test_queued_burst_replays_concurrently_parents_first(proxied):
     for rel in wanted:
         i = int(rel[-5])
         assert (nodes[rel]["mode"] & 0o7777, nodes[rel]["mtime_ns"]) == (0o600, MTIME_NS + i), rel
-    assert commits.hits == len(wanted)
-    assert commits.peak > 1, "the creates were replayed one at a time"
+    big = [rel for rel, data in wanted.items() if len(data) > BIG]
+    assert len(big) == 9 and commits.hits == len(big), "a small file went up through an upload session"
+    assert commits.peak > 1, "the larger files' creates were replayed one at a time"
+    # one request per run of independent creates: a folder's files wait for the folder's own create
+    assert small.hits == 3, small.hits
     assert setattrs.hits == 0, "a queued chmod/utime of a file went up as its own request"
     assert os.stat(m / "one/sub/f3.txt").st_mtime_ns == MTIME_NS + 3
