@@ -169,6 +169,7 @@ class Syncer:
         self.stuck = False
         self._pass_start, self._pass_waited = trio.current_time(), 0.0
         await self.replay_ops()
+        await self._update_small_files(force)
         for e in self.tree.dirty_files():
             if e.parent_inode is None or e.node_id is None:
                 continue
@@ -330,6 +331,15 @@ class Syncer:
                 or e.parent_inode is None or parent_id is None or op.name is None \
                 or self.vfs.is_being_written(e.inode):
             return None
+        read = self._read_small(e)
+        if read is None:
+            return None
+        data, mtime_ns, gen = read
+        return SmallFile(data, parent_id, op.name, mode=e.mode, mtime_ns=mtime_ns), gen
+
+    def _read_small(self, e: Entry) -> tuple[bytes, int, int] | None:
+        """A file's local copy read whole, its mtime and the content generation read, if it is at most
+        SMALL_FILE_BYTES long (None otherwise, or when it has no local copy)."""
         gen = self.vfs.live_gen(e.inode)  # before the read: a write after it leaves the file dirty
         try:
             with open(self.tree.data_path(e.inode), "rb") as f:
@@ -341,10 +351,10 @@ class Syncer:
             return None
         if len(data) > SMALL_FILE_BYTES:
             return None
-        return SmallFile(parent_id, op.name, data, mode=e.mode, mtime_ns=st.st_mtime_ns), gen
+        return data, st.st_mtime_ns, gen
 
     async def _send_small_files(self, pending: list[tuple[Op, SmallFile, int]]) -> dict[int, Any]:
-        results = await self.remote.commit_small_files([f for _, f, _ in pending])
+        results = await self._commit_small([f for _, f, _ in pending])
         created: dict[int, Any] = {}
         for (op, _, gen), result in zip(pending, results, strict=True):
             if isinstance(result, rerr.ApiError):
@@ -538,6 +548,55 @@ class Syncer:
             # Written again while we read it (an fsync'ing database does this): it stays dirty and goes up
             # on a later pass. Letting this escape would end the syncer and with it the whole mount.
             log.info("%r changed while it was uploaded; trying again later", e.name)
+
+    async def _commit_small(self, files: list[SmallFile]) -> list[Any]:
+        """The server's answer for each file; if it refuses the whole request (a server without
+        /files/small, say), every file gets that refusal and so takes the one-by-one path."""
+        try:
+            return await self.remote.commit_small_files(files)
+        except rerr.ApiError as e:
+            log.warning("the server refused %d small files sent together (%s); sending them one by one",
+                        len(files), e)
+            return [e] * len(files)
+
+    async def _update_small_files(self, force: bool) -> None:
+        """Commit the changed small files in requests of up to SMALL_FILES, bytes included. One the
+        server refuses stays dirty for the one-by-one path (conflicted copy, re-create …), except a
+        version conflict with this very content: an earlier attempt whose answer was lost, taken as done."""
+        pending: list[tuple[Entry, SmallFile, int]] = []
+        size = 0
+        for e in self.tree.dirty_files():
+            if e.parent_inode is None or e.node_id is None or not e.local_data \
+                    or self.vfs.is_being_written(e.inode) and not force:
+                continue
+            read = self._read_small(e)
+            if read is None:
+                continue
+            data, mtime_ns, gen = read
+            if len(pending) == SMALL_FILES or size + len(data) > SMALL_FILES_BYTES:
+                await self._send_small_updates(pending)
+                pending, size = [], 0
+            pending.append((e, SmallFile(data, node_id=e.node_id, base_version=e.version, mode=e.mode,
+                                         mtime_ns=mtime_ns), gen))
+            size += len(data)
+        if pending:
+            await self._send_small_updates(pending)
+
+    async def _send_small_updates(self, pending: list[tuple[Entry, SmallFile, int]]) -> None:
+        await self._quiet_moment()
+        results = await self._commit_small([f for _, f, _ in pending])
+        done = 0
+        for (e, f, gen), result in zip(pending, results, strict=True):
+            if isinstance(result, rerr.VersionConflict) \
+                    and result.details.get("content_hash") == hashlib.sha256(f.content).hexdigest():
+                result = await self.remote.get_node(e.node_id)
+                log.info("%r: the server already has this content (an answer lost earlier)", e.name)
+            if isinstance(result, rerr.ApiError):
+                log.debug("%r was refused in a batch (%s); trying it alone", e.name, result)
+                continue
+            self._committed(e.inode, result, gen)
+            done += 1
+        log.info("committed %d small files in one request", done)
 
     async def _recreate(self, e: Entry) -> None:
         """Deleted on another device while edited here: the edit wins, as a new file in the same place."""

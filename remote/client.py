@@ -344,10 +344,10 @@ class ApiClient:
         return Node.from_json(await self._api("POST", "/files", idempotent=False, json=body))
 
     async def commit_small_files(self, files: Sequence[SmallFile]) -> list[Node | errors.ApiError]:
-        """Create these new files, bytes included, in one request (at most SMALL_FILES of them and
+        """Create or update these files, bytes included, in one request (at most SMALL_FILES of them and
         SMALL_FILES_BYTES in all): for each, in order, its node or the error a commit of it alone would
         have raised. Not retried after a lost response (see the module docstring): a retry may meet
-        Exists for the files the first attempt made."""
+        Exists for the files the first attempt made, VersionConflict for the versions it committed."""
         body = {"files": [f.to_json() for f in files]}
         answer = await self._api("POST", "/files/small", idempotent=False, json=body)
         out: list[Node | errors.ApiError] = []

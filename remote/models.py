@@ -184,20 +184,22 @@ class UploadChunk:
 
 @dataclass(frozen=True)
 class SmallFile:
-    """A whole new file small enough to be sent inline (ApiClient.commit_small_files); `content` is the
-    file's bytes, base64 on the wire."""
+    """A whole file small enough to be sent inline (ApiClient.commit_small_files): a new one (parent_id +
+    name) or a new version (node_id + base_version); `content` is its bytes, base64 on the wire."""
 
-    parent_id: int
-    name: str
     content: bytes
+    parent_id: int | None = None
+    name: str | None = None
+    node_id: int | None = None
+    base_version: int | None = None
     mode: int = 0o644
     mtime_ns: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"parent_id": self.parent_id, "name": self.name, "mode": self.mode,
-                                "content": base64.b64encode(self.content).decode("ascii")}
-        if self.mtime_ns is not None:
-            body["mtime_ns"] = self.mtime_ns
+        body: dict[str, Any] = {"mode": self.mode, "content": base64.b64encode(self.content).decode("ascii")}
+        for key in ("parent_id", "name", "node_id", "base_version", "mtime_ns"):
+            if getattr(self, key) is not None:
+                body[key] = getattr(self, key)
         return body
 
 

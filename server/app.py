@@ -201,8 +201,8 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.post(f"{API}/files/small", response_model=models.SmallFilesAnswer, tags=["tree"])
     def commit_small_files(user: Caller, req: models.SmallFiles, device: Device = None) -> models.SmallFilesAnswer:
-        """Create several small files, bytes included, in one request: each is stored and committed on
-        its own, and its result is its node or the error a commit of it alone would have had."""
+        """Create or update several small files, bytes included, in one request: each is stored and
+        committed on its own, and its result is its node or the error a commit of it alone would have had."""
         results = []
         for f in req.files:
             try:
@@ -388,7 +388,7 @@ def _store_blob(svc: Services, user_id: int, info: ChunkInfo, data: bytes | byte
 
 
 def _commit_small(svc: Services, user: User, f: models.SmallFile, device: str | None) -> models.Node:
-    """Store one inline file's bytes as its one chunk (the server hashes them itself) and commit it."""
+    """Store one inline file's bytes as its one chunk (the server hashes them itself) and commit them."""
     data = f.data()
     digest = hashlib.sha256(data).hexdigest()
     manifest = []
@@ -396,7 +396,7 @@ def _commit_small(svc: Services, user: User, f: models.SmallFile, device: str | 
         _store_blob(svc, user.id, ChunkInfo(digest, len(data), len(data), "none"), data)
         manifest.append(models.ChunkSpec(hash=digest, size=len(data)))
     return svc.store.commit_file(user, models.FileCommit(
-        parent_id=f.parent_id, name=f.name, manifest=manifest, size=len(data), mode=f.mode, mtime_ns=f.mtime_ns,
+        node_id=f.node_id, base_version=f.base_version, parent_id=f.parent_id, name=f.name, manifest=manifest, size=len(data), mode=f.mode, mtime_ns=f.mtime_ns,
         content_hash=digest, device=device))
 
 

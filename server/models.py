@@ -79,10 +79,13 @@ class ChunkSpec(Strict):
 
 
 class SmallFile(Strict):
-    """A whole new file sent inline: its bytes in base64, at most MAX_SMALL_FILE_BYTES of them."""
+    """A whole small file sent inline, its bytes in base64 (at most MAX_SMALL_FILE_BYTES of them): a new
+    file (parent_id + name) or a new version of one (node_id + base_version)."""
 
-    parent_id: NodeId
-    name: Name
+    node_id: NodeId | None = None
+    base_version: Annotated[int, Field(ge=0, le=2**62)] | None = None
+    parent_id: NodeId | None = None
+    name: Name | None = None
     mode: Mode = 0o644
     mtime_ns: TimeNs | None = None
     content: Annotated[str, Field(max_length=4 * (limits.MAX_SMALL_FILE_BYTES // 3 + 1),
@@ -93,6 +96,12 @@ class SmallFile(Strict):
 
     @model_validator(mode="after")
     def _decodes(self) -> "SmallFile":
+        if (self.node_id is None) == (self.parent_id is None):
+            raise ValueError("give either node_id (an existing file) or parent_id and name (a new one)")
+        if self.parent_id is not None and self.name is None:
+            raise ValueError("a new file needs a name")
+        if self.node_id is not None and self.base_version is None:
+            raise ValueError("a new version needs base_version")
         try:
             size = len(self.data())
         except binascii.Error:
@@ -104,7 +113,7 @@ class SmallFile(Strict):
 
 
 class SmallFiles(Strict):
-    """Several new small files, each committed on its own (one failing does not stop the others)."""
+    """Several small files, each committed on its own (one failing does not stop the others)."""
 
     files: Annotated[list[SmallFile], Field(min_length=1, max_length=limits.MAX_SMALL_FILES)]
 

@@ -67,3 +67,24 @@ def test_queued_burst_replays_concurrently_parents_first(proxied):
     assert small.hits == 3, small.hits
     assert setattrs.hits == 0, "a queued chmod/utime of a file went up as its own request"
     assert os.stat(m / "one/sub/f3.txt").st_mtime_ns == MTIME_NS + 3
+
+
+def test_edited_small_files_go_up_together(proxied):
+    proxy, mount, view = proxied
+    m = mount.path
+    for i in range(20):
+        (m / f"e{i}.txt").write_bytes(b"first %d" % i)
+    (m / "big.bin").write_bytes(os.urandom(BIG))
+    mount.flush()
+    commits = proxy.add(COMMIT, "pass")
+    small = proxy.add(SMALL, "pass")
+    wanted = {f"e{i}.txt": b"second %d" % i for i in range(20)}
+    for rel, data in wanted.items():
+        (m / rel).write_bytes(data)
+    wanted["big.bin"] = os.urandom(BIG)
+    (m / "big.bin").write_bytes(wanted["big.bin"])
+    mount.flush()
+    assert view.files() == wanted
+    nodes = view.nodes()
+    assert all(len(view.versions(nodes[rel])) == 2 for rel in wanted)
+    assert small.hits == 1 and commits.hits == 1  # the 20 small edits in one request; the big one alone

@@ -78,8 +78,8 @@ async def test_small_files_endpoint(api):
     me = await api.me()
     folder = await api.create_folder(me.root_id, "small")
     await api.create_folder(folder.id, "taken")
-    files = [SmallFile(folder.id, "a.txt", b"alpha", mode=0o600, mtime_ns=77), SmallFile(folder.id, "empty", b""),
-             SmallFile(folder.id, "taken", b"in the way")]
+    files = [SmallFile(b"alpha", folder.id, "a.txt", mode=0o600, mtime_ns=77), SmallFile(b"", folder.id, "empty"),
+             SmallFile(b"in the way", folder.id, "taken")]
     a, empty, refused = await api.commit_small_files(files)
     assert (a.name, a.size, a.mode, a.mtime_ns, a.content_hash) == ("a.txt", 5, 0o600, 77, hash_bytes(b"alpha"))
     assert empty.size == 0 and empty.content_hash == hash_bytes(b"")
@@ -87,6 +87,10 @@ async def test_small_files_endpoint(api):
     detail = await api.version_detail(a.id, 1)
     assert [(m.hash, m.size) for m in detail.manifest] == [(hash_bytes(b"alpha"), 5)]
     assert detail.device == "test-device"
+    v2, stale = await api.commit_small_files([SmallFile(b"beta", node_id=a.id, base_version=1),
+                                              SmallFile(b"late", node_id=empty.id, base_version=0)])
+    assert (v2.id, v2.version, v2.content_hash) == (a.id, 2, hash_bytes(b"beta"))
+    assert isinstance(stale, errors.VersionConflict) and stale.details["content_hash"] == hash_bytes(b"")
 
 
 async def test_upload_session_endpoints(api):

@@ -90,3 +90,24 @@ def test_unauthenticated_and_malformed_requests_are_refused_whole(mod_drive, hom
     error_of(d.post("/files/small", {"files": [item(folder, f"m{i}", os.urandom(limits.MAX_SMALL_FILE_BYTES))
                                                for i in range(over)]}), 422)
     assert d.names(folder) == []  # nothing of a refused request was made
+
+
+def test_new_versions_go_inline_too(mod_drive, home):
+    d = mod_drive
+    folder = d.mkdir(home, unique("small"))["id"]
+    a = d.commit(folder, "a.txt", b"first")
+    b = d.commit(folder, "b.txt", b"first", content_hash=sha(b"first"))
+    items = [{"node_id": a["id"], "base_version": 1, "content": base64.b64encode(b"second").decode()},
+             {"node_id": b["id"], "base_version": 7, "content": base64.b64encode(b"stale").decode()},
+             {"node_id": folder, "base_version": 0, "content": base64.b64encode(b"dir").decode()}]
+    results = ok(d.post("/files/small", {"files": items}))["results"]
+    assert (results[0]["node"]["version"], results[0]["node"]["content_hash"]) == (2, sha(b"second"))
+    assert d.read(a["id"]) == b"second"
+    assert (results[1]["status"], results[1]["error"]["code"]) == (409, "version_conflict")
+    assert results[1]["error"]["details"]["content_hash"] == sha(b"first") and d.read(b["id"]) == b"first"
+    assert results[2]["status"] == 409 and results[2]["node"] is None  # a folder has no content
+    # either a new file or a new version, never both or neither
+    both = item(folder, "x", b"x", node_id=a["id"], base_version=2)
+    error_of(d.post("/files/small", {"files": [both]}), 422)
+    error_of(d.post("/files/small", {"files": [{"content": ""}]}), 422)
+    error_of(d.post("/files/small", {"files": [{"node_id": a["id"], "content": ""}]}), 422)
