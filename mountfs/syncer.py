@@ -587,10 +587,15 @@ class Syncer:
         results = await self._commit_small([f for _, f, _ in pending])
         done = 0
         for (e, f, gen), result in zip(pending, results, strict=True):
-            if isinstance(result, rerr.VersionConflict) \
-                    and result.details.get("content_hash") == hashlib.sha256(f.content).hexdigest():
-                result = await self.remote.get_node(e.node_id)
-                log.info("%r: the server already has this content (an answer lost earlier)", e.name)
+            ours = hashlib.sha256(f.content).hexdigest()
+            if isinstance(result, rerr.VersionConflict) and result.details.get("content_hash") == ours:
+                try:
+                    node = await self.remote.get_node(e.node_id)
+                except rerr.ApiError as exc:  # gone since: the one-by-one path sees to it
+                    node = exc
+                if not isinstance(node, rerr.ApiError) and node.content_hash == ours:  # still ours
+                    log.info("%r: the server already has this content (an answer lost earlier)", e.name)
+                    result = node
             if isinstance(result, rerr.ApiError):
                 log.debug("%r was refused in a batch (%s); trying it alone", e.name, result)
                 continue
