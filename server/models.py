@@ -78,6 +78,17 @@ class ChunkSpec(Strict):
     size: Annotated[int, Field(ge=limits.MIN_CHUNK_BYTES, le=limits.MAX_CHUNK_BYTES)]
 
 
+def _check_target(node_id: int | None, base_version: int | None, parent_id: int | None, name: str | None) -> None:
+    """A file's content goes either to an existing file (node_id + base_version) or to a new one
+    (parent_id + name)."""
+    if (node_id is None) == (parent_id is None):
+        raise ValueError("give either node_id (an existing file) or parent_id and name (a new one)")
+    if parent_id is not None and name is None:
+        raise ValueError("a new file needs a name")
+    if node_id is not None and base_version is None:
+        raise ValueError("a commit to an existing file needs base_version")
+
+
 class SmallFile(Strict):
     """A whole small file sent inline, its bytes in base64 (at most MAX_SMALL_FILE_BYTES of them): a new
     file (parent_id + name) or a new version of one (node_id + base_version)."""
@@ -96,12 +107,7 @@ class SmallFile(Strict):
 
     @model_validator(mode="after")
     def _decodes(self) -> "SmallFile":
-        if (self.node_id is None) == (self.parent_id is None):
-            raise ValueError("give either node_id (an existing file) or parent_id and name (a new one)")
-        if self.parent_id is not None and self.name is None:
-            raise ValueError("a new file needs a name")
-        if self.node_id is not None and self.base_version is None:
-            raise ValueError("a new version needs base_version")
+        _check_target(self.node_id, self.base_version, self.parent_id, self.name)
         try:
             size = len(self.data())
         except binascii.Error:
@@ -158,12 +164,7 @@ class FileCommit(Strict):
 
     @model_validator(mode="after")
     def _target_and_size(self) -> "FileCommit":
-        if (self.node_id is None) == (self.parent_id is None):
-            raise ValueError("give either node_id (an existing file) or parent_id and name (a new one)")
-        if self.parent_id is not None and self.name is None:
-            raise ValueError("a new file needs a name")
-        if self.node_id is not None and self.base_version is None:
-            raise ValueError("a commit to an existing file needs base_version")
+        _check_target(self.node_id, self.base_version, self.parent_id, self.name)
         if sum(c.size for c in self.manifest) != self.size:
             raise ValueError("size must equal the sum of the manifest's chunk sizes")
         return self
