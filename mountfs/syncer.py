@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path, PurePosixPath
@@ -28,6 +28,9 @@ from remote.models import SmallFile
 log = logging.getLogger("drivefs.syncer")
 
 Report = Callable[[dict], Awaitable[None]]
+# A small file to send inline: what it is for (its create op or its entry), the file, the content
+# generation read.
+_Small = tuple[Any, SmallFile, int]
 
 # Ops that make a new node by name in a folder; a run of up to REPLAY_RUN of them goes up together:
 # the small closed files in one request with their bytes, the others concurrently, this many at once.
@@ -39,6 +42,24 @@ REPLAY_PARALLEL = 8
 # so under a steady stream of requests it still gets about half of the thread.
 QUIET_S = 0.1
 QUIET_MAX_S = 1.0
+
+
+def _requests(items: Iterable[_Small | None]) -> Iterator[list[_Small]]:
+    """The small files of `items` (None: not one) in groups the server takes in one request (at most
+    SMALL_FILES files and SMALL_FILES_BYTES bytes), drawn lazily so at most one group's bytes are held."""
+    group: list[_Small] = []
+    size = 0
+    for item in items:
+        if item is None:
+            continue
+        n = len(item[1].content)
+        if group and (len(group) == SMALL_FILES or size + n > SMALL_FILES_BYTES):
+            yield group
+            group, size = [], 0
+        group.append(item)
+        size += n
+    if group:
+        yield group
 
 
 def _carries(node: Any, attrs: dict[str, Any]) -> bool:
@@ -307,23 +328,12 @@ class Syncer:
         raises with every op still queued, and the retry meets Exists for the files it made, which
         _adopt_own_create takes back."""
         created: dict[int, Any] = {}
-        pending: list[tuple[Op, SmallFile, int]] = []
-        size = 0
-        for op in creates:
-            sent = self._small_file(op)
-            if sent is None:
-                continue
-            if len(pending) == SMALL_FILES or size + len(sent[0].content) > SMALL_FILES_BYTES:
-                created.update(await self._send_small_files(pending))
-                pending, size = [], 0
-            pending.append((op, *sent))
-            size += len(sent[0].content)
-        if pending:
-            created.update(await self._send_small_files(pending))
+        for group in _requests(self._small_create(op) for op in creates):
+            created.update(await self._send_small_files(group))
         return created
 
-    def _small_file(self, op: Op) -> tuple[SmallFile, int] | None:
-        """A file create op's file, read whole with the content generation read (None: not a small,
+    def _small_create(self, op: Op) -> tuple[Op, SmallFile, int] | None:
+        """A file create op with its file read whole and the content generation read (None: not a small,
         closed file with its local copy, so it goes up the usual way)."""
         e = self.tree.get(op.inode)
         parent_id = self._node_id(op.parent_inode)
@@ -335,7 +345,7 @@ class Syncer:
         if read is None:
             return None
         data, mtime_ns, gen = read
-        return SmallFile(data, parent_id, op.name, mode=e.mode, mtime_ns=mtime_ns), gen
+        return op, SmallFile(data, parent_id, op.name, mode=e.mode, mtime_ns=mtime_ns), gen
 
     def _read_small(self, e: Entry) -> tuple[bytes, int, int] | None:
         """A file's local copy read whole, its mtime and the content generation read, if it is at most
@@ -477,13 +487,10 @@ class Syncer:
 
     def _small_content_hash(self, e: Entry, size: int) -> str | None:
         """The SHA-256 of a small file's local copy if it is `size` bytes long (None otherwise)."""
-        if not e.local_data or size > SMALL_FILE_BYTES:
+        read = self._read_small(e) if e.local_data else None
+        if read is None or len(read[0]) != size:
             return None
-        try:
-            data = self.tree.data_path(e.inode).read_bytes()
-        except FileNotFoundError:
-            return None
-        return hashlib.sha256(data).hexdigest() if len(data) == size else None
+        return hashlib.sha256(read[0]).hexdigest()
 
     async def _rename(self, e: Entry, op: Op) -> None:
         parent_id = self._node_id(op.parent_inode)
@@ -563,45 +570,49 @@ class Syncer:
         """Commit the changed small files in requests of up to SMALL_FILES, bytes included. One the
         server refuses stays dirty for the one-by-one path (conflicted copy, re-create …), except a
         version conflict with this very content: an earlier attempt whose answer was lost, taken as done."""
-        pending: list[tuple[Entry, SmallFile, int]] = []
-        size = 0
-        for e in self.tree.dirty_files():
-            if e.parent_inode is None or e.node_id is None or not e.local_data \
-                    or self.vfs.is_being_written(e.inode) and not force:
-                continue
-            read = self._read_small(e)
-            if read is None:
-                continue
-            data, mtime_ns, gen = read
-            if len(pending) == SMALL_FILES or size + len(data) > SMALL_FILES_BYTES:
-                await self._send_small_updates(pending)
-                pending, size = [], 0
-            pending.append((e, SmallFile(data, node_id=e.node_id, base_version=e.version, mode=e.mode,
-                                         mtime_ns=mtime_ns), gen))
-            size += len(data)
-        if pending:
-            await self._send_small_updates(pending)
+        for group in _requests(self._small_update(e, force) for e in self.tree.dirty_files()):
+            await self._send_small_updates(group)
+
+    def _small_update(self, e: Entry, force: bool) -> tuple[Entry, SmallFile, int] | None:
+        """A changed file with its new version read whole and the content generation read (None: not a
+        small file with its local copy, ready to commit, so it goes up the usual way)."""
+        if e.parent_inode is None or e.node_id is None or not e.local_data \
+                or self.vfs.is_being_written(e.inode) and not force:
+            return None
+        read = self._read_small(e)
+        if read is None:
+            return None
+        data, mtime_ns, gen = read
+        return e, SmallFile(data, node_id=e.node_id, base_version=e.version, mode=e.mode, mtime_ns=mtime_ns), gen
 
     async def _send_small_updates(self, pending: list[tuple[Entry, SmallFile, int]]) -> None:
         await self._quiet_moment()
         results = await self._commit_small([f for _, f, _ in pending])
         done = 0
         for (e, f, gen), result in zip(pending, results, strict=True):
-            ours = hashlib.sha256(f.content).hexdigest()
-            if isinstance(result, rerr.VersionConflict) and result.details.get("content_hash") == ours:
-                try:
-                    node = await self.remote.get_node(e.node_id)
-                except rerr.ApiError as exc:  # gone since: the one-by-one path sees to it
-                    node = exc
-                if not isinstance(node, rerr.ApiError) and node.content_hash == ours:  # still ours
-                    log.info("%r: the server already has this content (an answer lost earlier)", e.name)
-                    result = node
+            if isinstance(result, rerr.VersionConflict):
+                result = await self._own_version(e, f, result)
             if isinstance(result, rerr.ApiError):
                 log.debug("%r was refused in a batch (%s); trying it alone", e.name, result)
                 continue
             self._committed(e.inode, result, gen)
             done += 1
         log.info("committed %d small files in one request", done)
+
+    async def _own_version(self, e: Entry, f: SmallFile, conflict: rerr.VersionConflict) -> Any:
+        """The server's node if the version in the way has the very bytes sent (an earlier attempt whose
+        answer was lost, and the node fetched afterwards still has them), else the conflict."""
+        ours = hashlib.sha256(f.content).hexdigest()
+        if conflict.details.get("content_hash") != ours or e.node_id is None:
+            return conflict
+        try:
+            node = await self.remote.get_node(e.node_id)
+        except rerr.ApiError:  # gone since: the one-by-one path sees to it
+            return conflict
+        if node.content_hash != ours:
+            return conflict
+        log.info("%r: the server already has this content (an answer lost earlier)", e.name)
+        return node
 
     async def _recreate(self, e: Entry) -> None:
         """Deleted on another device while edited here: the edit wins, as a new file in the same place."""
