@@ -11,8 +11,8 @@ Whether a request may be sent twice decides how far it is retried:
 - idempotent requests (GET, PATCH, blob PUT/GET, the read-only POSTs under /chunks, session create,
   commit and drop, share) are retried on any of the failures above. Committing an upload session
   twice returns the same node: that is why uploads go through sessions.
-- the others (create_folder, create_symlink, commit_file, commit_small_files, move, delete, restore, restore_version,
-  unshare) are retried only when the request cannot have been applied: the connection was never
+- the others (create_folder, create_symlink, commit_file, commit_small_files, move, delete, restore,
+  restore_version, unshare) are retried only when the request cannot have been applied: the connection was never
   made, or the server answered 429/503. A lost response (a read timeout, a dropped connection, a 500)
   raises TransportFailure / ServerError with `maybe_applied = True`. A caller that retries a direct
   commit_file itself may then see VersionConflict (the first attempt went through: compare

@@ -396,8 +396,8 @@ def _commit_small(svc: Services, user: User, f: models.SmallFile, device: str | 
         _store_blob(svc, user.id, ChunkInfo(digest, len(data), len(data), "none"), data)
         manifest.append(models.ChunkSpec(hash=digest, size=len(data)))
     return svc.store.commit_file(user, models.FileCommit(
-        node_id=f.node_id, base_version=f.base_version, parent_id=f.parent_id, name=f.name, manifest=manifest, size=len(data), mode=f.mode, mtime_ns=f.mtime_ns,
-        content_hash=digest, device=device))
+        node_id=f.node_id, base_version=f.base_version, parent_id=f.parent_id, name=f.name, manifest=manifest,
+        size=len(data), mode=f.mode, mtime_ns=f.mtime_ns, content_hash=digest, device=device))
 
 
 def _with_blocks(url: models.SignedUrl, info: ChunkInfo) -> models.SignedUrl:

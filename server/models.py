@@ -6,7 +6,7 @@ import base64
 import binascii
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from . import limits
 
@@ -102,17 +102,19 @@ class SmallFile(Strict):
     content: Annotated[str, Field(max_length=4 * (limits.MAX_SMALL_FILE_BYTES // 3 + 1),
                                   description="the file's bytes, base64 (RFC 4648, with padding)")]
 
+    _data: bytes = PrivateAttr(b"")  # `content` decoded, once, by the validator
+
     def data(self) -> bytes:
-        return base64.b64decode(self.content, validate=True)
+        return self._data
 
     @model_validator(mode="after")
     def _decodes(self) -> "SmallFile":
         _check_target(self.node_id, self.base_version, self.parent_id, self.name)
         try:
-            size = len(self.data())
+            self._data = base64.b64decode(self.content, validate=True)
         except binascii.Error:
             raise ValueError("content is not valid base64") from None
-        if size > limits.MAX_SMALL_FILE_BYTES:
+        if len(self._data) > limits.MAX_SMALL_FILE_BYTES:
             raise ValueError(f"an inline file is at most {limits.MAX_SMALL_FILE_BYTES} bytes; upload larger "
                              "ones through /uploads")
         return self
