@@ -244,6 +244,13 @@ class Tree:
     def pending_ops(self) -> int:
         return self.conn.execute("SELECT count(*) FROM ops").fetchone()[0]
 
+    def pending_items(self) -> int:
+        """Files and folders with a change not yet on the server: each counted once, however many ops and
+        new content it has (a new file is both a create op and dirty content)."""
+        return self.conn.execute(
+            "SELECT count(*) FROM (SELECT inode FROM ops UNION"
+            " SELECT inode FROM inodes WHERE content_gen > synced_gen AND parent_inode IS NOT NULL)").fetchone()[0]
+
     def named_by_ops(self, inode: int) -> bool:
         """Whether a pending op still needs this inode's row (as subject, place or replaced node)."""
         return self.conn.execute(

@@ -48,8 +48,8 @@ class ControlHandler(Protocol):
     """What the daemon implements; `ControlServer` turns requests into these calls."""
 
     async def status(self) -> dict:
-        """JSON-able: mountpoint, server, user, device, online, pending_ops, pending_files, pending_bytes,
-        cache_bytes, cache_limit, last_sync (unix time or None), last_error (str or None), uploading."""
+        """JSON-able: mountpoint, server, user, device, online, pending_ops, pending_files, pending_items,
+        pending_bytes, cache_bytes, cache_limit, last_sync (unix time or None), last_error (str or None), uploading."""
         ...
 
     async def flush(self, report: Callable[[dict], Awaitable[None]]) -> dict:

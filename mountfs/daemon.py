@@ -195,7 +195,7 @@ class Mount:
         local = self.evictor.local_bytes()
         return {"mountpoint": self.cfg.mountpoint, "server": self.cfg.server, "user": self.cfg.user,
                 "device": self.cfg.device, "online": s.online and self.listener.online, "pending_ops": s.pending_ops,
-                "pending_files": s.pending_files, "pending_bytes": s.pending_bytes,
+                "pending_files": s.pending_files, "pending_items": s.pending_items, "pending_bytes": s.pending_bytes,
                 "cache_bytes": usage.bytes + local, "cache_limit": self.cfg.cache_limit,
                 # Bytes received from the blob store since the mount started (whole chunks and ranges).
                 "fetched_bytes": self.transfer.statistics().bytes_received,

@@ -76,6 +76,7 @@ class SyncStatistics:
     online: bool
     pending_ops: int
     pending_files: int
+    pending_items: int  # files and folders with any pending change, each once
     pending_bytes: int
     last_sync: float | None
     last_error: str | None
@@ -118,7 +119,7 @@ class Syncer:
 
     def statistics(self) -> SyncStatistics:
         dirty = [e for e in self.tree.dirty_files() if e.parent_inode is not None]
-        return SyncStatistics(self.online, self.tree.pending_ops(), len(dirty),
+        return SyncStatistics(self.online, self.tree.pending_ops(), len(dirty), self.tree.pending_items(),
                               sum(self.vfs.attr(e).size for e in dirty), self.last_sync, self.last_error,
                               self.uploading)
 
@@ -212,7 +213,7 @@ class Syncer:
     async def flush(self, report: Report) -> dict:
         """Block until every local change is committed; report progress as bytes and files go up."""
         start = self.statistics()
-        total_bytes, total_files = start.pending_bytes, start.pending_files + start.pending_ops
+        total_bytes, total_files = start.pending_bytes, start.pending_items
         self._force += 1
         try:
             while self._pending():
@@ -220,12 +221,11 @@ class Syncer:
                 progress = self._progress
                 await progress.wait()
                 now = self.statistics()
+                left = self.tree.pending_items()
                 await report({"done_bytes": max(total_bytes - now.pending_bytes, 0), "total_bytes": total_bytes,
-                              "done_files": max(total_files - now.pending_files - now.pending_ops, 0),
-                              "total_files": total_files})
+                              "done_files": max(total_files - left, 0), "total_files": total_files})
                 if not self.online or self.stuck:
-                    return {"ok": False, "error": f"{now.pending_files + now.pending_ops} changes still pending: "
-                                                  f"{self.last_error}"}
+                    return {"ok": False, "error": f"{left} changes still pending: {self.last_error}"}
         finally:
             self._force -= 1
         await report({"done_bytes": total_bytes, "total_bytes": total_bytes, "done_files": total_files,

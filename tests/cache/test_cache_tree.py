@@ -75,3 +75,21 @@ def test_reads_are_answered_from_memory(tree):
     assert tree.child(ROOT_INODE, "hot").size == 0
     tree.update(e.inode, mode=0o600)  # any write through the tree reads the row afresh
     assert tree.get(e.inode).size == 7
+
+
+def test_pending_items_counts_each_changed_file_or_folder_once(tree):
+    folder = tree.add(ROOT_INODE, "d", "dir", 0o755)
+    tree.enqueue("mkdir", folder.inode, ROOT_INODE, "d")
+    new = tree.add(folder.inode, "new.txt", "file", 0o644, local_data=True, content_gen=1)
+    tree.enqueue("create", new.inode, folder.inode, "new.txt")
+    tree.enqueue("setattr", new.inode, None, None, mode=0o600)
+    edited = tree.add(ROOT_INODE, "edited.txt", "file", 0o644, node_id=7, version=1)
+    tree.update(edited.inode, content_gen=3, synced_gen=2)
+    clean = tree.add(ROOT_INODE, "clean.txt", "file", 0o644, node_id=8, version=1)
+    assert (tree.pending_ops(), tree.pending_items()) == (3, 3)
+    tree.enqueue("rename", clean.inode, folder.inode, "moved.txt")
+    assert tree.pending_items() == 4
+    # A deleted file's row has no parent: its delete op is the one pending change.
+    tree.update(edited.inode, parent_inode=None)
+    tree.enqueue("delete", edited.inode)
+    assert tree.pending_items() == 4

@@ -32,6 +32,8 @@ def test_offline_edits_queue_and_converge(two_devices_own_server):
     (a.path / "dir" / "new").mkdir()
     eventually(lambda: not status(a)["online"] and status(a)["pending_ops"] > 0, timeout=20,
                what="A reports offline with queued changes")
+    # A new file is a create op and new content, but one item: a new file, a rename and a new folder.
+    assert (status(a)["pending_items"], status(a)["pending_files"], status(a)["pending_ops"]) == (3, 1, 3)
     srv.start()
     eventually(lambda: read_or_none(b.path / "offline.txt") == b"written offline", timeout=30, what="B converges")
     eventually(lambda: read_or_none(b.path / "dir" / "kept.txt") == b"cached", timeout=10, what="rename on B")
