@@ -295,6 +295,11 @@ class Mount:
             except Exception:
                 log.exception("unmounting failed")
         try:
+            while self.vfs.persist_pending():
+                pass
+        except Exception:  # only a cache of the local copies: recovery at the next start redoes it
+            log.exception("recording the sizes of closed files failed")
+        try:
             self.chunks.close()
         finally:
             self.index.close()

@@ -190,6 +190,8 @@ class Syncer:
         """One pass: every queued op, then every file whose content is ready to commit."""
         self.stuck = False
         self._pass_start, self._pass_waited = trio.current_time(), 0.0
+        while self.vfs.persist_pending():
+            await trio.lowlevel.checkpoint()
         await self.replay_ops()
         await self._update_small_files(force)
         for e in self.tree.dirty_files():

@@ -90,3 +90,34 @@ def test_a_create_takes_a_spare_data_file_and_makes_its_own_once_none_is_left(tm
     assert vfs.tree.data_path(first).read_bytes() == b"from a spare"
     assert vfs.tree.data_path(second).read_bytes() == b"made on the spot"
     assert sorted(os.listdir(vfs.tree.files_dir)) == sorted([str(first), str(second)])
+
+
+def test_closing_a_writer_runs_no_sql_and_its_size_reaches_the_index_in_groups(tmp_path: Path) -> None:
+    vfs = _vfs(tmp_path)
+
+    async def main() -> list[int]:
+        inodes = []
+        for i in range(3):
+            h, e = await vfs.create(ROOT_INODE, b"f%d" % i, 0o644, os.O_WRONLY)
+            await vfs.write(h.fh, 0, b"x" * (100 + i))
+            statements = _count_statements(vfs)
+            await vfs.release(h.fh)
+            assert statements == []
+            vfs.tree.conn.exec_trace = None
+            inodes.append(e.inode)
+        return inodes
+
+    inodes = trio.run(main)
+    on_disk = [os.stat(vfs.tree.data_path(i)) for i in inodes]
+    assert [(vfs.getattr(i).size, vfs.getattr(i).mtime_ns) for i in inodes] == \
+        [(st.st_size, st.st_mtime_ns) for st in on_disk] and on_disk[0].st_size == 100
+
+    def rows() -> list[tuple[int, int]]:
+        return [tuple(r) for r in vfs.tree.conn.execute(
+            "SELECT size, mtime_ns FROM inodes WHERE inode IN (?, ?, ?) ORDER BY inode", inodes)]
+
+    assert [size for size, _ in rows()] == [0, 0, 0]
+    assert vfs.persist_pending(limit=2) is True  # one more waits
+    assert vfs.persist_pending() is False
+    assert rows() == [(st.st_size, st.st_mtime_ns) for st in on_disk]
+    assert all(vfs.tree.get(i).dirty for i in inodes)
