@@ -272,33 +272,59 @@ class Syncer:
     def _independent_creates(self, batch: list[Op], start: int) -> tuple[list[Op], list[Op]]:
         """The run of creates from `start` that may go up at once, and the setattrs folded into them.
 
-        Creates in folders that already have a server id do not depend on each other (a second create
-        of the same name would need an unlink or rename between them, which ends the run), so the
-        server may apply them in any order. A setattr of a node created in the run only needs its
-        create first: it is checked after the run, and usually the create already carried its mode
-        and mtime. Anything else ends the run, keeping every other op in queue order.
+        Creates of new names do not depend on each other (a second create of the same name would need
+        an unlink or rename between them, which ends the run), only on their folder: one that already
+        has a server id, or a folder made earlier in the run (the run goes up in waves, see
+        _replay_creates). A setattr of a node created in the run only needs its create first: it is
+        checked after the run, and usually the create already carried its mode and mtime. Anything
+        else ends the run, keeping every other op in queue order.
         """
         creates: list[Op] = []
         setattrs: list[Op] = []
         inodes: set[int] = set()
+        folders: set[int] = set()
         for op in batch[start:]:
             if op.kind == "setattr" and op.inode in inodes:
                 setattrs.append(op)
             elif op.kind in CREATE_KINDS and op.inode not in inodes and len(creates) < REPLAY_RUN \
-                    and self._node_id(op.parent_inode) is not None:
+                    and (op.parent_inode in folders or self._node_id(op.parent_inode) is not None):
                 creates.append(op)
                 inodes.add(op.inode)
+                if op.kind == "mkdir":
+                    folders.add(op.inode)
             else:
                 break
         return creates, setattrs
 
     async def _replay_creates(self, creates: list[Op], setattrs: list[Op]) -> None:
-        """Replay independent creates concurrently (the server is latency-bound), then their setattrs.
+        """Replay a run of creates in waves, then their setattrs: each wave is every create whose folder
+        has its server id by then, so the folders one wave makes let the creates inside them go in the
+        next (a tar of nested folders takes a few waves per run, not a run per folder).
 
         Each create is idempotent on retry (saved upload session, adoption of a lost answer), so one
         failing or being cancelled leaves its op queued and harmless. The first failure is raised once
-        the others finished, as a plain exception the loop in run() knows how to retry.
+        the others of its wave finished, as a plain exception the loop in run() knows how to retry.
         """
+        created: dict[int, Any] = {}
+        waiting = creates
+        while waiting:
+            wave = [op for op in waiting if self._node_id(op.parent_inode) is not None]
+            if not wave:
+                break
+            waiting = [op for op in waiting if self._node_id(op.parent_inode) is None]
+            created.update(await self._replay_wave(wave))
+        for op in waiting:  # their folder did not get made as such (say it became a conflicted copy)
+            created[op.inode] = await self._replay(op)
+        for op in setattrs:
+            if _carries(created.get(op.inode), op.args):
+                self.tree.op_done(op.seq)  # the create already sent this mode and mtime
+                self.vfs.collect(op.inode)
+            else:
+                await self._replay(op)
+
+    async def _replay_wave(self, creates: list[Op]) -> dict[int, Any]:
+        """Replay creates that do not depend on each other: the small closed files together, inline,
+        the others concurrently (the server is latency-bound); the nodes made, by inode."""
         created = await self._create_small_files(creates)
         failures: list[Exception] = []
         limiter = trio.CapacityLimiter(REPLAY_PARALLEL)
@@ -316,12 +342,7 @@ class Syncer:
                     nursery.start_soon(one, op)
         if failures:
             raise failures[0]
-        for op in setattrs:
-            if _carries(created.get(op.inode), op.args):
-                self.tree.op_done(op.seq)  # the create already sent this mode and mtime
-                self.vfs.collect(op.inode)
-            else:
-                await self._replay(op)
+        return created
 
     async def _create_small_files(self, creates: list[Op]) -> dict[int, Any]:
         """Create the small closed files among `creates` on the server in one request per SMALL_FILES,
