@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import limits, models
 from ..errors import (
+    ApiError,
     BadRequest,
     Conflict,
     CrossOwner,
@@ -388,6 +389,26 @@ class MetadataStore:
         with self._write() as w:
             return self._commit(w, user, req)
 
+    def commit_files(self, user: User, items: Sequence[tuple[ChunkInfo | None, models.FileCommit]]
+                     ) -> list[models.Node | ApiError]:
+        """Several commits in one transaction, so one durable commit (one fsync) for all: each file's
+        chunk (if any) is recorded as record_chunk would, and the file committed in a savepoint of its
+        own. A commit refused is rolled back to that savepoint and its error returned in its place,
+        exactly as commit_file would have raised it; the others go on."""
+        results: list[models.Node | ApiError] = []
+        with self._write() as w:
+            for chunk, req in items:
+                if chunk is not None:
+                    self._record_chunk(w.tx, user.id, chunk)
+                w.tx.execute("SAVEPOINT one_file")
+                try:
+                    results.append(self._commit(w, user, req))
+                except ApiError as e:
+                    w.tx.execute("ROLLBACK TO SAVEPOINT one_file")
+                    results.append(e)
+                w.tx.execute("RELEASE SAVEPOINT one_file")
+        return results
+
     def _commit(self, w: _Writer, user: User, req: models.FileCommit) -> models.Node:
         tx = w.tx
         if req.node_id is not None:
@@ -639,16 +660,19 @@ class MetadataStore:
         A chunk recorded before its block hashes were computed gets them now, if `info` brings them for
         the same stored form."""
         with self.db.transaction(write=True) as tx:
-            tx.execute(
-                "INSERT INTO chunks(hash, size, stored_size, encoding, block_hashes, created_ns)"
-                " VALUES (?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (hash) DO UPDATE SET block_hashes = excluded.block_hashes"
-                " WHERE chunks.block_hashes IS NULL AND chunks.encoding = excluded.encoding",
-                (info.hash, info.size, info.stored_size, info.encoding, info.block_hashes, self._clock()),
-            )
-            tx.execute("INSERT INTO user_chunks(user_id, hash) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                       (user_id, info.hash))
-            row = tx.one(f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE hash = ?", (info.hash,))
+            return self._record_chunk(tx, user_id, info)
+
+    def _record_chunk(self, tx: Tx, user_id: int, info: ChunkInfo) -> ChunkInfo:
+        tx.execute(
+            "INSERT INTO chunks(hash, size, stored_size, encoding, block_hashes, created_ns)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (hash) DO UPDATE SET block_hashes = excluded.block_hashes"
+            " WHERE chunks.block_hashes IS NULL AND chunks.encoding = excluded.encoding",
+            (info.hash, info.size, info.stored_size, info.encoding, info.block_hashes, self._clock()),
+        )
+        tx.execute("INSERT INTO user_chunks(user_id, hash) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                   (user_id, info.hash))
+        row = tx.one(f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE hash = ?", (info.hash,))
         return ChunkInfo(*row)
 
     def readable_chunks(self, user: User, node_id: int, version: int, hashes: Sequence[str]) -> list[ChunkInfo]:

@@ -48,6 +48,7 @@ def test_each_file_gets_its_own_refusal_and_the_rest_are_made(mod_drive, home):
              item(a_file["id"], "inside-a-file.txt", b"no"),
              item(folder, "..", b"bad name"),
              item(folder, "new2.txt", b"two")]
+    cursor = ok(d.get("/changes/latest"))["cursor"]
     results = ok(d.post("/files/small", {"files": items}))["results"]
     assert results[0]["node"]["name"] == "new1.txt" and results[5]["node"]["name"] == "new2.txt"
     assert (results[1]["status"], results[1]["error"]["code"]) == (409, "exists")
@@ -57,6 +58,9 @@ def test_each_file_gets_its_own_refusal_and_the_rest_are_made(mod_drive, home):
     assert (results[4]["status"], results[4]["error"]["code"]) == (400, "invalid_name")
     assert d.read(taken["id"]) == b"already here"  # the refused one changed nothing
     assert sorted(d.names(folder)) == ["new1.txt", "new2.txt", "plain.txt", "taken.txt"]
+    # The files go in one transaction, but a refused one leaves no trace there: the feed has the two made.
+    feed = ok(d.get("/changes", params={"cursor": cursor}))["changes"]
+    assert [(c["kind"], c["node"]["name"]) for c in feed] == [("create", "new1.txt"), ("create", "new2.txt")]
 
 
 def test_only_folders_the_caller_may_write(alice, bob):
