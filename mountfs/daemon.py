@@ -102,10 +102,11 @@ class Mount:
 
     async def _fetch(self, node_id: int, version: int, chunks: Sequence[tuple[str, int]],
                      on_chunk: Callable[[str, bytes | bytearray], None] | None = None,
-                     nearby: Sequence[str] = ()) -> None:
+                     nearby: Sequence[str] = (), store: bool = True) -> None:
         # keep=False: the reader is handed each chunk by on_chunk, so none are collected here.
         await self.transfer.download_chunks(node_id, version, [_Chunk(h, n) for h, n in chunks],
-                                            chunk_cache=self.chunks, on_chunk=on_chunk, keep=False, nearby=nearby)
+                                            chunk_cache=self.chunks, on_chunk=on_chunk, keep=False, nearby=nearby,
+                                            store=store)
 
     async def _chunk_list(self, e) -> list[tuple[str, int]]:
         layout = await self.reader.layout(e)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import bisect
 import errno
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 from cachetools import LRUCache
@@ -22,11 +24,17 @@ from .errors import FsError
 
 log = logging.getLogger("drivefs.reader")
 
-# fetch(node_id, version, chunks, on_chunk, nearby) downloads and verifies those (hash, size) chunks into the
-# chunk cache, calling on_chunk(hash, bytes) with each one's verified bytes once it is stored there; `nearby`
-# names the chunks a sequential reader comes to next (their signed URLs come along).
-Fetch = Callable[[int, int, Sequence[tuple[str, int]], Callable[[str, bytes | bytearray], None], Sequence[str]],
-                 Awaitable[None]]
+class Fetch(Protocol):
+    """fetch(node_id, version, chunks, on_chunk, nearby) downloads and verifies those (hash, size) chunks
+    into the chunk cache (not with store=False), calling on_chunk(hash, bytes) with each one's verified
+    bytes once it is stored there; `nearby` names the chunks a sequential reader comes to next (their
+    signed URLs come along)."""
+
+    def __call__(self, node_id: int, version: int, chunks: Sequence[tuple[str, int]],
+                 on_chunk: Callable[[str, bytes | bytearray], None], nearby: Sequence[str], *,
+                 store: bool = True) -> Awaitable[None]: ...
+
+
 # fetch_ranges(node_id, version, hash, size, ranges, nearby) downloads and verifies the blocks of that chunk
 # under those byte ranges [start, end) of it into the chunk cache (or the whole chunk, if it has no block
 # hashes); `nearby` names chunks around it that the next random reads may want (their URLs come along).
@@ -110,6 +118,34 @@ class Reader:
         layout = Layout.of(*stored)
         self._layouts[(e.inode, version)] = layout
         return layout
+
+    async def copy_to(self, e: Entry, fd: int) -> int:
+        """Write the entry's whole current version into `fd` (at the same offsets): the chunks already
+        cached read from the cache, the others fetched several at a time, each written as it arrives.
+        Returns the size written. For a file about to be written in place: one pipeline, not a loop of
+        sequential reads that each wait for their own fetch, and the fetched chunks are not also written
+        into the chunk cache (the local copy holds the bytes; once it is committed the cache can be
+        filled again by reads)."""
+        layout = await self.layout(e)
+        at: dict[str, list[int]] = {}
+        for h, start in zip(layout.hashes, layout.starts):
+            at.setdefault(h, []).append(start)
+
+        def write(h: str, data: bytes | bytearray) -> None:
+            for start in at[h]:
+                view = memoryview(data)
+                while view:
+                    n = os.pwrite(fd, view, start)
+                    view, start = view[n:], start + n
+
+        chunks = list(dict.fromkeys(zip(layout.hashes, layout.sizes)))
+        if chunks:
+            assert e.node_id is not None  # layout() has a chunk list only for a file the server has
+            try:
+                await self.fetch(e.node_id, layout.version, chunks, write, (), store=False)
+            except rerr.RemoteError as exc:
+                raise FsError(errno.EIO, f"cannot fetch data of {e.name!r}: {exc}") from None
+        return layout.starts[-1] + layout.sizes[-1] if layout.starts else 0
 
     async def read(self, e: Entry, offset: int, size: int, sequential: bool = False,
                    version: int | None = None) -> bytes:

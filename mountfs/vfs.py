@@ -599,13 +599,7 @@ class Vfs:
         try:
             with open(tmp, "wb") as f:
                 if e.size and e.node_id is not None:
-                    offset = 0
-                    while offset < e.size:
-                        block = await self.reader.read(e, offset, min(8 << 20, e.size - offset), sequential=True)
-                        if not block:
-                            break
-                        f.write(block)
-                        offset += len(block)
+                    f.truncate(await self.reader.copy_to(e, f.fileno()))
             os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns))
             os.replace(tmp, path)
         except BaseException:

@@ -428,10 +428,12 @@ class Transfer:
         on_chunk: Callable[[str, Bytes], None] | None = None,
         keep: bool = True,
         nearby: Sequence[str] = (),
+        store: bool = True,
     ) -> dict[str, Bytes]:
         """The verified plain bytes of these chunks of a version, by hash (held in memory: ask for a window).
 
-        Chunks found in `chunk_cache` are not fetched; fetched ones are stored there. Raises
+        Chunks found in `chunk_cache` are not fetched; fetched ones are stored there (unless store=False:
+        for a caller that keeps the bytes elsewhere, such as a file's whole local copy). Raises
         CorruptChunk if a chunk does not match its hash (after one refetch). `on_chunk(hash, bytes)` is
         called with each chunk's verified bytes as it arrives (after it is in `chunk_cache`), so a reader
         need not wait for the whole window; with keep=False the bytes are not collected (an empty dict is
@@ -454,7 +456,8 @@ class Transfer:
             if on_chunk is not None:
                 on_chunk(h, data)
 
-        await self._fetch(node_id, version, sizes, deliver, chunk_cache, concurrency or self.concurrency, nearby)
+        await self._fetch(node_id, version, sizes, deliver, chunk_cache, concurrency or self.concurrency, nearby,
+                          store=store)
         return out
 
     async def download_file(
@@ -515,9 +518,11 @@ class Transfer:
         chunk_cache: ChunkCache | None,
         workers: int,
         nearby: Sequence[str] = (),
+        store: bool = True,
     ) -> None:
         """Get each chunk in `sizes` (hash -> plain size) from the cache or the blob store, verified, and
-        hand it to deliver(hash, bytes), at most `workers` at a time (URLs of `nearby` asked along)."""
+        hand it to deliver(hash, bytes), at most `workers` at a time (URLs of `nearby` asked along);
+        fetched chunks go into the cache too unless store=False."""
         if not sizes:
             return
         cached: list[str] = []
@@ -545,9 +550,10 @@ class Transfer:
                         if data is not None:
                             self._counters.chunks_from_cache += 1
                     if data is None:
-                        data = await self._get_verified(node_id, version, h, sizes[h], url, chunk_cache)
-                        if chunk_cache is not None:
-                            chunk_cache.record(h, len(data))
+                        keeper = chunk_cache if store else None
+                        data = await self._get_verified(node_id, version, h, sizes[h], url, keeper)
+                        if keeper is not None:
+                            keeper.record(h, len(data))
                     await deliver(h, data)
 
         async with worker_nursery() as nursery:

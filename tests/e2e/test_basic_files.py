@@ -108,3 +108,29 @@ def test_written_file_survives_cache_loss(mount):
     shutil.rmtree(mount.cache_dir)
     mount.mount()
     assert (mount.path / "big.bin").read_bytes() == data
+
+
+def test_writing_into_an_uncached_file_fetches_it_whole_first(mount):
+    """A write in place needs the whole local copy: every chunk comes back, a repeated one at each of its
+    offsets, some from the chunk cache and the rest from the server, before the write lands."""
+    block = os.urandom(3 * 2**20)
+    data = bytearray(os.urandom(2**20) + block + os.urandom(5 * 2**20) + block + os.urandom(777))
+    (mount.path / "big.bin").write_bytes(data)
+    mount.unmount()
+    shutil.rmtree(mount.cache_dir)
+    mount.mount()
+    with open(mount.path / "big.bin", "rb") as f:  # a part of it cached, as after reading its start
+        assert f.read(2**20) == data[: 2**20]
+    middle = len(data) // 2
+    with open(mount.path / "big.bin", "r+b") as f:
+        f.seek(middle)
+        f.write(b"!")
+        f.seek(0, os.SEEK_END)
+        f.write(b"tail")
+        os.fsync(f.fileno())
+    data[middle:middle + 1] = b"!"
+    data += b"tail"
+    assert (mount.path / "big.bin").read_bytes() == data
+    assert (mount.path / "big.bin").stat().st_size == len(data)
+    mount.flush()
+    assert server_file(mount, "big.bin") == data
