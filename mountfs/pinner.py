@@ -303,6 +303,8 @@ class Pinner:
                     elif child.kind == "file":
                         yield child
                 after = page[-1].inode
+                # A pinned tree of 100,000 files takes a second or more to walk: let FUSE requests in.
+                await trio.lowlevel.checkpoint()
 
 
 def _in_tree(e: Entry | None) -> bool:
