@@ -662,14 +662,18 @@ class Syncer:
         return node
 
     def _committed(self, inode: int, node: Any, gen: int) -> None:
-        """Record a commit of the content of generation `gen`: the file is clean unless written since."""
+        """Record a commit of the content of generation `gen`: the file is clean unless written since.
+
+        Written since is judged by the live generation too, not only the row's: writes to a file already
+        dirty leave the row alone (and a close records its generation only later, with others), so
+        without it the row would read clean while the local copy holds bytes the server never got."""
         with self.tree.index.transaction():
             cur = self.tree.get(inode)
             if cur is None:
                 return
             self.tree.update(inode, node_id=node.id, version=node.version, size=node.size,
                              content_hash=node.content_hash, owner=node.owner, access=node.access,
-                             synced_gen=gen, content_gen=max(cur.content_gen, gen))
+                             synced_gen=gen, content_gen=max(cur.content_gen, gen, self.vfs.live_gen(inode)))
             self.vfs.content_synced(inode)
 
     async def _save_conflicted_copy(self, e: Entry) -> None:

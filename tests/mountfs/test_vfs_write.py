@@ -121,3 +121,30 @@ def test_closing_a_writer_runs_no_sql_and_its_size_reaches_the_index_in_groups(t
     assert vfs.persist_pending() is False
     assert rows() == [(st.st_size, st.st_mtime_ns) for st in on_disk]
     assert all(vfs.tree.get(i).dirty for i in inodes)
+
+
+def test_a_write_during_a_commit_leaves_the_index_row_dirty_when_the_commit_lands(tmp_path: Path) -> None:
+    """The commit covers the generation it read; a write (and close) that came while it was on its way
+    must still be dirty in the index afterwards, so a crash then does not leave those bytes unsynced."""
+    from types import SimpleNamespace
+
+    from mountfs.syncer import Syncer
+
+    vfs = _vfs(tmp_path)
+    syncer = Syncer(vfs, vfs.tree, remote=None, transfer=None, device="d")
+
+    async def main() -> int:
+        h, e = await vfs.create(ROOT_INODE, b"f.bin", 0o644, os.O_WRONLY)
+        await vfs.write(h.fh, 0, b"first")
+        await vfs.release(h.fh)
+        read_gen = vfs.live_gen(e.inode)  # the upload reads the file at this generation ...
+        h = await vfs.open(e.inode, os.O_WRONLY)
+        await vfs.write(h.fh, 0, b"second")  # ... and this write comes while it is on its way
+        await vfs.release(h.fh)
+        node = SimpleNamespace(id=7, version=1, size=5, content_hash="x", owner="u", access="owner")
+        syncer._committed(e.inode, node, read_gen)
+        return e.inode
+
+    inode = trio.run(main)
+    row = vfs.tree.conn.execute("SELECT content_gen > synced_gen FROM inodes WHERE inode = ?", (inode,)).fetchone()
+    assert row == (1,)  # read from the index itself, as recovery after a crash would
