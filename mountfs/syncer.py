@@ -223,7 +223,7 @@ class Syncer:
                 progress = self._progress
                 await progress.wait()
                 now = self.statistics()
-                left = self.tree.pending_items()
+                left = now.pending_items
                 await report({"done_bytes": max(total_bytes - now.pending_bytes, 0), "total_bytes": total_bytes,
                               "done_files": max(total_files - left, 0), "total_files": total_files})
                 if not self.online or self.stuck:
