@@ -6,7 +6,6 @@ from __future__ import annotations
 import bisect
 import errno
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from cache.blocks import BLOCK_BYTES, block_range
 from cache.chunkcache import ChunkCache
 from cache.tree import Entry, Tree
 from remote import errors as rerr
+from remote.transfer import pwrite_all
 
 from .errors import FsError
 
@@ -131,18 +131,12 @@ class Reader:
         for h, start in zip(layout.hashes, layout.starts):
             at.setdefault(h, []).append(start)
 
-        def write(h: str, data: bytes | bytearray) -> None:
-            for start in at[h]:
-                view = memoryview(data)
-                while view:
-                    n = os.pwrite(fd, view, start)
-                    view, start = view[n:], start + n
-
         chunks = list(dict.fromkeys(zip(layout.hashes, layout.sizes)))
         if chunks:
             assert e.node_id is not None  # layout() has a chunk list only for a file the server has
             try:
-                await self.fetch(e.node_id, layout.version, chunks, write, (), store=False)
+                await self.fetch(e.node_id, layout.version, chunks, lambda h, data: pwrite_all(fd, data, at[h]), (),
+                                 store=False)
             except rerr.RemoteError as exc:
                 raise FsError(errno.EIO, f"cannot fetch data of {e.name!r}: {exc}") from None
         return layout.starts[-1] + layout.sizes[-1] if layout.starts else 0

@@ -63,7 +63,7 @@ from .client import ApiClient
 from .models import Node, SignedUrl, UploadChunk, UploadSession, VersionDetail
 from .tasks import worker_nursery
 
-__all__ = ["Progress", "Transfer", "TransferStatistics"]
+__all__ = ["Progress", "Transfer", "TransferStatistics", "pwrite_all"]
 
 # A new version this large first checks that its base is still current, so an upload bound to be
 # refused sends nothing (one request, against seconds of PUTs; smaller files skip it).
@@ -489,7 +489,7 @@ class Transfer:
 
             async def deliver(h: str, data: Bytes) -> None:
                 nonlocal got
-                await trio.to_thread.run_sync(_pwrite_all, fd, data, offsets[h])
+                await trio.to_thread.run_sync(pwrite_all, fd, data, offsets[h])
                 got += len(data) * len(offsets[h])
                 if progress is not None:
                     progress(got, detail.size)
@@ -822,7 +822,8 @@ def _decode(h: str, size: int, encoding: str, body: Bytes) -> Bytes:
     return data
 
 
-def _pwrite_all(fd: int, data: Bytes, offsets: Sequence[int]) -> None:
+def pwrite_all(fd: int, data: Bytes, offsets: Sequence[int]) -> None:
+    """Write all of `data` into `fd` at each of `offsets` (a chunk that occurs more than once in a file)."""
     for offset in offsets:
         view = memoryview(data)
         while view:
