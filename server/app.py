@@ -387,13 +387,15 @@ def _store_blob(svc: Services, user_id: int, info: ChunkInfo, data: bytes | byte
     return svc.store.record_chunk(user_id, _keep_blobs(svc, [(info, data)])[0])
 
 
-def _keep_blobs(svc: Services, chunks: list[tuple[ChunkInfo, bytes | bytearray]]) -> list[ChunkInfo]:
+def _keep_blobs(svc: Services, chunks: list[tuple[ChunkInfo, bytes | bytearray]], *,
+                verified: bool = False) -> list[ChunkInfo]:
     """Verify chunks and keep the bytes (durably) of those not stored yet, several side by side; the form
-    of each to record, with its block hashes when it is stored plain and has none yet."""
+    of each to record, with its block hashes when it is stored plain and has none yet. verified=True only
+    for plain chunks this server has just hashed itself: they are not hashed again."""
     stored: list[ChunkInfo] = []
     writes: dict[tuple[str, str], bytes | bytearray] = {}
     for info, data in chunks:
-        plain = verify_chunk(info.hash, info.encoding, info.size, data)
+        plain = data if verified else verify_chunk(info.hash, info.encoding, info.size, data)
         existing = svc.store.chunk_info(info.hash)
         if existing is None or not svc.blobs.exists(existing.hash, existing.encoding):
             writes[(info.hash, info.encoding)] = data
@@ -417,7 +419,7 @@ def _stage_small_files(svc: Services, files: list[models.SmallFile], device: str
     contents = [f.data() for f in files]
     digests = [hashlib.sha256(data).hexdigest() for data in contents]
     chunks = iter(_keep_blobs(svc, [(ChunkInfo(digest, len(data), len(data), "none"), data)
-                                    for digest, data in zip(digests, contents) if data]))
+                                    for digest, data in zip(digests, contents) if data], verified=True))
     staged = []
     for f, data, digest in zip(files, contents, digests):
         chunk = next(chunks) if data else None
