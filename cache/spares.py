@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 from collections import deque
+from contextlib import suppress
 from collections.abc import Callable
 from itertools import count
 from pathlib import Path
@@ -14,6 +15,7 @@ log = logging.getLogger("drivefs.spares")
 
 PREFIX = ".spare-"
 KEEP = 256
+RECYCLED_MAX = 16 * KEEP  # empty files: an inode each, no blocks
 
 
 class SpareFiles:
@@ -22,7 +24,8 @@ class SpareFiles:
     Making a file is the costliest step of a create in the mount: on ext4 without a journal the inode
     allocator reads past every recently deleted inode, which after a burst of deletes costs more than all
     of drivefs' own work for the create. `fill` pays that in a worker thread ahead of need; `take` runs on
-    the FUSE thread. Nothing ever writes to a spare under its spare name, so a crash leaves them empty
+    the FUSE thread. `recycle` keeps the local copy of a deleted file as a spare instead of deleting it,
+    so churn (delete, then create) neither leaves recently deleted inodes nor makes new ones. Nothing ever writes to a spare under its spare name, so a crash leaves them empty
     and the next start adopts them. `take` and `fill` may run at the same time (the deque is the only
     state they share, and its appends and pops are atomic).
     """
@@ -67,6 +70,31 @@ class SpareFiles:
         if self.on_low is not None and len(self._names) <= self.keep // 2:
             self.on_low()
         return fd
+
+    def recycle(self, path: Path) -> bool:
+        """Empty the data file at `path` and keep it as a spare; False (the file left as it is) when the
+        pool is full. Renamed before it is emptied: a crash in between leaves a spare with bytes in it,
+        which `adopt` removes, never a data file cut short under its own name."""
+        if len(self._names) >= RECYCLED_MAX:
+            return False
+        name = f"{PREFIX}{self._run}-{next(self._serial)}"
+        spare = os.path.join(self.folder, name)
+        try:
+            os.rename(path, spare)
+        except FileNotFoundError:
+            return True  # nothing to delete either
+        try:
+            # Emptied through a descriptor that is then closed: ext4 marks a file cut to zero to have its
+            # blocks written out at its next close (for programs that save by truncating), and this close
+            # uses that mark up while there is nothing to write; the program's close would pay for it.
+            os.close(os.open(spare, os.O_RDWR | os.O_TRUNC))
+        except OSError as e:
+            log.warning("cannot empty %s for reuse (%s); deleting it", name, e)
+            with suppress(OSError):  # else the next start's adopt removes it: it is not empty
+                os.unlink(spare)
+            return True
+        self._names.append(name)
+        return True
 
     def fill(self) -> int:
         """Make spares until `keep` are ready, and return how many were made. Blocking: run it in a

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -204,12 +204,16 @@ class Tree:
         assert entry is not None
         return entry
 
-    def remove(self, inode: int) -> None:
+    def remove(self, inode: int, recycle: Callable[[Path], bool] | None = None) -> None:
+        """Delete the row and its local data file, or hand that file to `recycle` (which returns False
+        when it will not take it)."""
         self._forget(inode)
         with self.index.transaction():
             self.conn.execute("DELETE FROM inodes WHERE inode = ?", (inode,))
             self.conn.execute("DELETE FROM manifests WHERE inode = ?", (inode,))
-        self.data_path(inode).unlink(missing_ok=True)
+        path = self.data_path(inode)
+        if recycle is None or not recycle(path):
+            path.unlink(missing_ok=True)
 
     def set_manifest(self, inode: int, version: int, chunks: list[tuple[str, int]]) -> None:
         with self.index.transaction():

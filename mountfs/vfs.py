@@ -286,7 +286,7 @@ class Vfs:
             return
         if self.live.lookups[inode] > 0 or self.live.opens[inode] > 0 or self.tree.named_by_ops(inode):
             return
-        self.tree.remove(inode)
+        self.tree.remove(inode, recycle=self.spares.recycle if self.spares is not None else None)
         self.live.gen.pop(inode, None)
         self.live.known_dirty.discard(inode)  # the number may be used again
         self.live.stat.pop(inode, None)

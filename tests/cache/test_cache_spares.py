@@ -82,3 +82,36 @@ def test_adopt_takes_up_an_earlier_runs_spares_and_removes_a_written_one(tmp_pat
     assert not written.exists()
     assert later.fill() == 1
     assert len(_spares_on_disk(tmp_path)) == 3
+
+
+def test_recycle_empties_a_data_file_keeps_its_inode_as_a_spare_and_take_hands_it_out(tmp_path: Path) -> None:
+    spares = SpareFiles(tmp_path, keep=0)
+    old = tmp_path / "12"
+    old.write_bytes(b"a deleted file's bytes" * 1000)
+    ino = old.stat().st_ino
+
+    assert spares.recycle(old)
+    assert not old.exists() and len(spares) == 1
+    [name] = _spares_on_disk(tmp_path)
+    assert (tmp_path / name).stat().st_size == 0 and (tmp_path / name).stat().st_ino == ino
+
+    fd = spares.take(tmp_path / "13")
+    assert fd is not None
+    os.close(fd)
+    assert os.stat(tmp_path / "13").st_ino == ino
+    assert os.stat(tmp_path / "13").st_size == 0
+    assert _spares_on_disk(tmp_path) == []
+
+
+def test_recycle_leaves_the_file_alone_once_the_pool_is_full_and_a_missing_file_is_done(
+        tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("cache.spares.RECYCLED_MAX", 2)
+    spares = SpareFiles(tmp_path, keep=2)
+    spares.fill()
+    extra = tmp_path / "7"
+    extra.write_bytes(b"kept")
+    assert not spares.recycle(extra)
+    assert extra.read_bytes() == b"kept" and len(spares) == 2
+    os.close(spares.take(tmp_path / "9"))
+    assert spares.recycle(tmp_path / "8")  # no local copy: nothing to keep or delete
+    assert len(spares) == 1

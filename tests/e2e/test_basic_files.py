@@ -101,6 +101,31 @@ def test_links_and_devices_refused_symlinks_work(mount):
     assert (mount.path / "soft").read_text() == "x"
 
 
+def test_a_deleted_files_local_copy_is_emptied_and_kept_for_the_next_new_file(mount):
+    """Deleting a file keeps its local copy's inode, emptied, as a spare data file for later creates (on
+    ext4 without a journal, making files right after deleting others is several times dearer)."""
+    from tests.e2e.test_sync import eventually
+
+    files = mount.cache_dir / "files"
+    p = mount.path / "old.txt"
+    p.write_bytes(b"private bytes" * 500)
+    mount.flush()
+    data_ino = (files / str(p.stat().st_ino)).stat().st_ino
+
+    def spare_with_that_inode() -> list:
+        return [q for q in files.iterdir() if q.name.startswith(".spare-") and q.stat().st_ino == data_ino]
+
+    p.unlink()
+    mount.flush()
+    eventually(lambda: bool(spare_with_that_inode()), timeout=10, what="the deleted file's copy kept as a spare")
+    assert spare_with_that_inode()[0].stat().st_size == 0
+    assert sorted(os.listdir(mount.path)) == ["Shared with me"]
+    (mount.path / "new.txt").write_bytes(b"fresh")
+    assert (mount.path / "new.txt").read_bytes() == b"fresh"
+    mount.flush()
+    assert server_file(mount, "new.txt") == b"fresh"
+
+
 def test_written_file_survives_cache_loss(mount):
     data = os.urandom(9 * 2**20 + 123)
     (mount.path / "big.bin").write_bytes(data)
