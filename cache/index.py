@@ -2,26 +2,48 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import apsw
 
-__all__ = ["SCHEMA_VERSION", "Index", "IndexVersionError", "UploadState", "create_tables"]
+from cache.redo import RedoLog
+
+__all__ = ["SCHEMA_VERSION", "Batch", "Index", "IndexVersionError", "UploadState", "create_tables"]
 
 # Bump when create_tables changes in a way an existing index file needs migrating for.
 SCHEMA_VERSION = 3
 
 # Long enough to ride out another connection's checkpoint, short enough to surface a stuck one.
 _BUSY_TIMEOUT_MS = 5000
+# Batched blocks held in one open transaction at most (bounds the redo log and a replay after a kill).
+BATCH_MAX = 512
+
+log = logging.getLogger("drivefs.index")
 
 
 class IndexVersionError(Exception):
     """The index file was written by a newer schema than this client knows."""
+
+
+class Batch:
+    """The handle of one batched block: it must end by logging the record that redoes it."""
+
+    def __init__(self, redo: RedoLog | None) -> None:
+        self._redo = redo
+        self.logged = False
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self._redo is not None:
+            self._redo.append(record)
+        self.logged = True
 
 
 @dataclass(frozen=True)
@@ -207,6 +229,11 @@ class Index:
         # loss but never corrupts the file, and it spares an fsync per commit on the read path.
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = NORMAL")
+        self.redo = RedoLog(Path(self.path + "-redo"))
+        self.replay: Callable[[list[dict[str, Any]]], None] | None = None  # set by the owner of the records
+        self._depth = 0  # blocks (transaction or batched) open on the lock's owner
+        self._batch_blocks = 0  # batched blocks in the open batch; 0 when none is open
+        self._batch_opened = 0.0
         found = self._check_version()
         with self.transaction():
             _migrate(self.conn, found)
@@ -220,19 +247,110 @@ class Index:
             )
         return found
 
+    @property
+    def in_block(self) -> bool:
+        """True inside a transaction or batched block: what is read there may still be rolled back."""
+        return self._depth > 0
+
     @contextmanager
     def transaction(self) -> Iterator[apsw.Connection]:
-        """Run the block as one transaction (a savepoint when nested); rolled back if it raises."""
-        with self._lock, self.conn:
-            yield self.conn
+        """Run the block as one transaction (a savepoint when nested); rolled back if it raises. An open
+        batch is committed first, so this block's changes never wait on a redo log."""
+        with self._lock:
+            if self._depth == 0:
+                self._commit_batch()
+            self._depth += 1
+            try:
+                with self.conn:
+                    yield self.conn
+            finally:
+                self._depth -= 1
+
+    @contextmanager
+    def batched(self) -> Iterator[Batch]:
+        """Run the block in a savepoint of a transaction left open for the next batched blocks, and
+        committed with them by commit_batch (or by the next transaction). Instead of a commit, the block
+        ends with `batch.log(record)`: one write to the redo log, from which `replay` rebuilds the
+        block's changes if the process dies before the commit. Only blocks whose changes the record
+        fully describes may be batched."""
+        with self._lock:
+            if self._depth == 0 and self._batch_blocks >= BATCH_MAX:
+                self._commit_batch()
+            if self._depth == 0 and self._batch_blocks == 0:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self._batch_opened = time.monotonic()
+            batch = Batch(self.redo if self._depth == 0 else None)  # nested: the outer block commits it
+            self._depth += 1
+            try:
+                with self.conn:
+                    yield batch
+                    if not batch.logged:
+                        raise RuntimeError("a batched block ended without logging its redo record")
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._batch_blocks += 1  # counted even if it rolled back: the batch is open
+
+    def commit_batch(self, older_than: float = 0.0) -> None:
+        """Commit the open batch, if any (only one opened at least `older_than` seconds ago)."""
+        with self._lock:
+            if self._depth == 0 and self._batch_blocks and time.monotonic() - self._batch_opened >= older_than:
+                self._commit_batch()
+
+    def _commit_batch(self) -> None:
+        if not self._batch_blocks:
+            return
+        try:
+            self.conn.execute("COMMIT")
+        except apsw.Error:
+            if not self.conn.in_transaction:  # SQLite rolled it back (a full disk): hold it again
+                self._batch_blocks = 0
+                self._reopen_batch()
+            raise  # the batch stays open and in the redo log: the next commit tries again
+        self._batch_blocks = 0
+        self.redo.clear()
+
+    def _reopen_batch(self) -> None:
+        """Open a batch holding what the redo log records (each record skipped if already committed).
+        It costs no disk space until its commit, so a full disk cannot make it fail."""
+        records = self.redo.records()
+        if not records:
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._batch_opened = time.monotonic()
+        self._batch_blocks = len(records)
+        self._depth += 1
+        try:
+            if self.replay is not None:
+                self.replay(records)
+        finally:
+            self._depth -= 1
+
+    def recover(self, replay: Callable[[list[dict[str, Any]]], None]) -> None:
+        """Name the function that re-applies redo records, and put back (and commit, room permitting)
+        what a killed process left in the redo log."""
+        self.replay = replay
+        with self._lock:
+            self._reopen_batch()
+            try:
+                self._commit_batch()
+            except apsw.FullError:
+                log.warning("the cache disk is full: new files from before the restart stay in the redo log "
+                            "until it has room")
 
     def close(self) -> None:
         with self._lock:
+            try:
+                self._commit_batch()
+            except apsw.Error as e:  # e.g. a full disk: the next start puts the batch back from the redo log
+                log.warning("new files stay in the redo log until the next start: %s", e)
             self.conn.close()
+            self.redo.close()
 
     def sync(self) -> None:
         """Make every commit so far durable: one commit with synchronous=FULL fsyncs the whole WAL."""
         with self._lock:
+            self._commit_batch()
             self.conn.execute("PRAGMA synchronous = FULL")
             try:
                 with self.conn:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import apsw
 from cachetools import LRUCache
 
 from cache.index import Index
+
+log = logging.getLogger("drivefs.tree")
 
 ROOT_INODE = 1
 SHARED_INODE = 2
@@ -85,8 +89,9 @@ class Tree:
     """Queries and updates of the local tree; every method is one short transaction.
 
     Every change to the `inodes` table goes through this object, so it keeps the entries it read last
-    in memory (a lookup or getattr then runs no SQL). Only committed rows are kept: a read inside an
-    open transaction is not cached (it may roll back), and each write drops the entry it touches first.
+    in memory (a lookup or getattr then runs no SQL). Only rows that stay are kept: committed ones, or
+    ones in an open batch (which the redo log keeps); a read inside a transaction or batched block is
+    not cached (it may roll back), and each write drops the entry it touches first.
     """
 
     def __init__(self, index: Index, files_dir: Path) -> None:
@@ -97,6 +102,7 @@ class Tree:
         self._entries: LRUCache[int, Entry] = LRUCache(ENTRY_CACHE_SIZE)
         # (parent, name) -> inode; only a hint, checked against the entry it names on every use.
         self._names: LRUCache[tuple[int, str], int] = LRUCache(ENTRY_CACHE_SIZE)
+        index.recover(self.replay_created)  # creates a killed process held in its last open batch
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -108,7 +114,7 @@ class Tree:
         return self._keep(_entry(row)) if row else None
 
     def _keep(self, e: Entry) -> Entry:
-        if not self.conn.in_transaction:
+        if not self.index.in_block:
             self._entries[e.inode] = e
             if e.parent_inode is not None:
                 self._names[(e.parent_inode, e.name)] = e.inode
@@ -223,12 +229,46 @@ class Tree:
     # ---- the op queue --------------------------------------------------------------------------
 
     def enqueue(self, kind: str, inode: int, parent_inode: int | None = None, name: str | None = None,
-                other_inode: int | None = None, **args: Any) -> None:
+                other_inode: int | None = None, **args: Any) -> int:
+        """Queue an op; its sequence number."""
         with self.index.transaction():
             self.conn.execute(
                 "INSERT INTO ops(kind, inode, parent_inode, name, other_inode, args, created_ns)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (kind, inode, parent_inode, name, other_inode, json.dumps(args), time.time_ns()))
+            return self.conn.last_insert_rowid()
+
+    # ---- batched creates -----------------------------------------------------------------------
+
+    @staticmethod
+    def created_record(e: Entry, seq: int) -> dict[str, Any]:
+        """What replay_created needs to make again a new, empty, dirty file row and its create op."""
+        return {"t": "create", "inode": e.inode, "parent": e.parent_inode, "name": e.name, "mode": e.mode,
+                "mtime": e.mtime_ns, "ctime": e.ctime_ns, "owner": e.owner, "access": e.access, "seq": seq}
+
+    def replay_created(self, records: list[dict[str, Any]]) -> None:
+        """Put back the files of `created_record`s that are missing from the index (in a transaction)."""
+        for r in records:
+            if r.get("t") != "create":
+                log.error("unknown redo record %r ignored", r.get("t"))
+                continue
+            if self.conn.execute("SELECT 1 FROM inodes WHERE inode = ?", (r["inode"],)).fetchone():
+                continue  # committed before the kill
+            try:
+                with self.index.transaction():
+                    self.conn.execute(
+                        "INSERT INTO inodes(inode, parent_inode, name, kind, mode, mtime_ns, ctime_ns, owner, access,"
+                        " local_data, content_gen) VALUES (?, ?, ?, 'file', ?, ?, ?, ?, ?, 1, 1)",
+                        (r["inode"], r["parent"], r["name"], r["mode"], r["mtime"], r["ctime"], r["owner"],
+                         r["access"]))
+                    self.conn.execute(
+                        "INSERT INTO ops(seq, kind, inode, parent_inode, name, args, created_ns)"
+                        " VALUES (?, 'create', ?, ?, ?, '{}', ?)", (r["seq"], r["inode"], r["parent"], r["name"],
+                                                                   time.time_ns()))
+            except apsw.ConstraintError as e:
+                log.error("cannot put back new file %r (inode %d) after the restart: %s", r["name"], r["inode"], e)
+            else:
+                log.info("put back new file %r (inode %d), made just before the last stop", r["name"], r["inode"])
 
     def ops(self, limit: int = 100) -> Iterator[Op]:
         for seq, kind, inode, parent, name, other, args, attempts in self.conn.execute(

@@ -45,6 +45,9 @@ _Chunk = namedtuple("_Chunk", "hash size")
 INTERACTIVE_RETRY = RetryPolicy(max_total_s=8.0)
 EVICT_EVERY_S = 30.0
 SPARES_RETRY_S = 30.0
+# A batch of creates (cache/index.py: Index.batched) is committed at most this long after it opened,
+# unless another write to the index commits it sooner.
+BATCH_COMMIT_S = 0.2
 
 
 class StartupError(Exception):
@@ -180,6 +183,20 @@ class Mount:
             self._spares_low = trio.Event()
             await self._spares_low.wait()
 
+    async def batch_loop(self) -> None:
+        """Commit each batch of creates within about BATCH_COMMIT_S: the redo log keeps them safe
+        meanwhile, but each holds the log's records and has to be replayed after a kill."""
+        failing = False
+        while True:
+            await trio.sleep(BATCH_COMMIT_S / 2)
+            try:
+                self.index.commit_batch(older_than=BATCH_COMMIT_S)
+                failing = False
+            except Exception:  # the redo log still holds the batch; the next try may work (disk full)
+                if not failing:
+                    log.exception("committing a batch of creates failed; retrying")
+                failing = True
+
     async def evict_loop(self) -> None:
         while True:
             await trio.sleep(EVICT_EVERY_S)
@@ -271,6 +288,7 @@ class Mount:
                 await nursery.start(ControlServer(self.cfg.control_socket, self).serve)
                 nursery.start_soon(self.evict_loop)
                 nursery.start_soon(self.spare_loop)
+                nursery.start_soon(self.batch_loop)
                 nursery.start_soon(self.pinner.run)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(trio.to_thread.run_sync, _raise_readahead, self.cfg.mountpoint)

@@ -1,0 +1,129 @@
+"""Batched creates: held in an open transaction, kept safe by the redo log, put back after a kill."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import apsw
+
+from cache.index import Index
+from cache.tree import ROOT_INODE, Tree
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _create(tree: Tree, name: str) -> int:
+    with tree.index.batched() as batch:
+        e = tree.add(ROOT_INODE, name, "file", 0o640, owner="u", local_data=True, content_gen=1)
+        batch.log(tree.created_record(e, tree.enqueue("create", e.inode, ROOT_INODE, name)))
+    return e.inode
+
+
+def _committed_names(path: Path) -> list[str]:
+    """What another connection sees: only committed rows."""
+    conn = apsw.Connection(str(path))
+    try:
+        return [n for (n,) in conn.execute("SELECT name FROM inodes WHERE kind = 'file' ORDER BY inode")]
+    finally:
+        conn.close()
+
+
+def test_batched_creates_killed_before_their_commit_come_back_from_the_redo_log(tmp_path: Path) -> None:
+    db = tmp_path / "index.db"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from cache.index import Index
+        from cache.tree import ROOT_INODE, Tree
+        tree = Tree(Index({str(db)!r}), __import__("pathlib").Path({str(tmp_path / "files")!r}))
+        tree.ensure_roots(None)
+        for i in range(5):
+            with tree.index.batched() as batch:
+                e = tree.add(ROOT_INODE, f"f{{i}} été ✓", "file", 0o640, owner="u", local_data=True,
+                             content_gen=1)
+                batch.log(tree.created_record(e, tree.enqueue("create", e.inode, ROOT_INODE, e.name)))
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=False)
+    assert _committed_names(db) == []  # nothing committed: only the redo log has them
+    assert os.path.getsize(str(db) + "-redo") > 0
+
+    tree = Tree(Index(db), tmp_path / "files")
+    names = [f"f{i} été ✓" for i in range(5)]
+    kids = tree.children(ROOT_INODE)
+    assert [e.name for e in kids if e.kind == "file"] == names
+    assert all(e.dirty and e.local_data and e.mode == 0o640 and e.owner == "u" for e in kids if e.kind == "file")
+    assert [(op.kind, op.name) for op in tree.ops()] == [("create", n) for n in names]
+    assert os.path.getsize(str(db) + "-redo") == 0
+    assert _committed_names(db) == names
+    tree.index.close()
+
+
+def test_any_other_write_commits_the_open_batch_first_and_empties_the_redo_log(tmp_path: Path) -> None:
+    db = tmp_path / "index.db"
+    tree = Tree(Index(db), tmp_path / "files")
+    tree.ensure_roots(None)
+    _create(tree, "a")
+    _create(tree, "b")
+    assert _committed_names(db) == [] and os.path.getsize(str(db) + "-redo") > 0
+    assert tree.child(ROOT_INODE, "b") is not None  # this connection sees its open batch
+    tree.index.set_kv("k", "v")
+    assert _committed_names(db) == ["a", "b"]
+    assert os.path.getsize(str(db) + "-redo") == 0
+    tree.index.close()
+
+
+def test_the_batch_is_committed_when_old_enough_at_sync_and_at_close(tmp_path: Path) -> None:
+    db = tmp_path / "index.db"
+    index = Index(db)
+    tree = Tree(index, tmp_path / "files")
+    tree.ensure_roots(None)
+    _create(tree, "a")
+    index.commit_batch(older_than=3600)
+    assert _committed_names(db) == []
+    index.commit_batch(older_than=0)
+    assert _committed_names(db) == ["a"]
+    _create(tree, "b")
+    index.sync()
+    assert _committed_names(db) == ["a", "b"]
+    _create(tree, "c")
+    index.close()
+    assert _committed_names(db) == ["a", "b", "c"]
+
+
+def test_a_record_already_committed_is_not_put_back_twice(tmp_path: Path) -> None:
+    db = tmp_path / "index.db"
+    tree = Tree(Index(db), tmp_path / "files")
+    tree.ensure_roots(None)
+    inode = _create(tree, "a")
+    record = tree.created_record(tree.get(inode), next(iter(tree.ops())).seq)
+    tree.index.close()  # committed; then a kill before the log was emptied would leave this:
+    with open(str(db) + "-redo", "a") as f:
+        f.write(__import__("json").dumps(record) + "\n{\"t\": \"create\", \"inode\": 9")  # and a cut line
+
+    tree = Tree(Index(db), tmp_path / "files")
+    assert [e.name for e in tree.children(ROOT_INODE) if e.kind == "file"] == ["a"]
+    assert len(list(tree.ops())) == 1
+    tree.index.close()
+
+
+def test_a_failing_batched_block_rolls_back_alone_and_logs_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "index.db"
+    tree = Tree(Index(db), tmp_path / "files")
+    tree.ensure_roots(None)
+    _create(tree, "a")
+    size = os.path.getsize(str(db) + "-redo")
+    try:
+        with tree.index.batched():
+            tree.add(ROOT_INODE, "b", "file", 0o644)
+            raise OSError("no spare data file")
+    except OSError:
+        pass
+    assert os.path.getsize(str(db) + "-redo") == size
+    assert tree.child(ROOT_INODE, "b") is None and tree.child(ROOT_INODE, "a") is not None
+    tree.index.close()
+    assert _committed_names(db) == ["a"]
