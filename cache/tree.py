@@ -102,7 +102,7 @@ class Tree:
         self._entries: LRUCache[int, Entry] = LRUCache(ENTRY_CACHE_SIZE)
         # (parent, name) -> inode; only a hint, checked against the entry it names on every use.
         self._names: LRUCache[tuple[int, str], int] = LRUCache(ENTRY_CACHE_SIZE)
-        index.recover(self.replay_created)  # creates a killed process held in its last open batch
+        index.recover(self.replay_batch)  # what a killed process held in its last open batch
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -242,33 +242,50 @@ class Tree:
 
     @staticmethod
     def created_record(e: Entry, seq: int) -> dict[str, Any]:
-        """What replay_created needs to make again a new, empty, dirty file row and its create op."""
+        """What replay_batch needs to make again a new, empty, dirty file row and its create op."""
         return {"t": "create", "inode": e.inode, "parent": e.parent_inode, "name": e.name, "mode": e.mode,
                 "mtime": e.mtime_ns, "ctime": e.ctime_ns, "owner": e.owner, "access": e.access, "seq": seq}
 
-    def replay_created(self, records: list[dict[str, Any]]) -> None:
-        """Put back the files of `created_record`s that are missing from the index (in a transaction)."""
+    @staticmethod
+    def setattr_record(inode: int, ctime_ns: int, changes: dict[str, Any], seq: int) -> dict[str, Any]:
+        """What replay_batch needs to apply a mode or mtime change and its setattr op again."""
+        return {"t": "setattr", "inode": inode, "ctime": ctime_ns, "changes": changes, "seq": seq}
+
+    def replay_batch(self, records: list[dict[str, Any]]) -> None:
+        """Apply again the records of a batch that was not committed (created_record, setattr_record), in
+        order; a record whose op is already in the index was committed and is skipped."""
         for r in records:
-            if r.get("t") != "create":
-                log.error("unknown redo record %r ignored", r.get("t"))
-                continue
-            if self.conn.execute("SELECT 1 FROM inodes WHERE inode = ?", (r["inode"],)).fetchone():
-                continue  # committed before the kill
+            if self.conn.execute("SELECT 1 FROM ops WHERE seq = ?", (r.get("seq"),)).fetchone():
+                continue  # committed: killed after the commit, before the log was emptied
             try:
                 with self.index.transaction():
-                    self.conn.execute(
-                        "INSERT INTO inodes(inode, parent_inode, name, kind, mode, mtime_ns, ctime_ns, owner, access,"
-                        " local_data, content_gen) VALUES (?, ?, ?, 'file', ?, ?, ?, ?, ?, 1, 1)",
-                        (r["inode"], r["parent"], r["name"], r["mode"], r["mtime"], r["ctime"], r["owner"],
-                         r["access"]))
-                    self.conn.execute(
-                        "INSERT INTO ops(seq, kind, inode, parent_inode, name, args, created_ns)"
-                        " VALUES (?, 'create', ?, ?, ?, '{}', ?)", (r["seq"], r["inode"], r["parent"], r["name"],
-                                                                   time.time_ns()))
-            except apsw.ConstraintError as e:
-                log.error("cannot put back new file %r (inode %d) after the restart: %s", r["name"], r["inode"], e)
-            else:
-                log.info("put back new file %r (inode %d), made just before the last stop", r["name"], r["inode"])
+                    self._redo(r)
+            except (apsw.ConstraintError, KeyError, ValueError) as e:
+                log.error("cannot apply again a change made just before the last stop (%r): %s", r, e)
+
+    def _redo(self, r: dict[str, Any]) -> None:
+        if r["t"] == "create":
+            if self.conn.execute("SELECT 1 FROM inodes WHERE inode = ?", (r["inode"],)).fetchone():
+                return  # the row is there already (cannot happen while seqs are never reused)
+            self.conn.execute(
+                "INSERT INTO inodes(inode, parent_inode, name, kind, mode, mtime_ns, ctime_ns, owner, access,"
+                " local_data, content_gen) VALUES (?, ?, ?, 'file', ?, ?, ?, ?, ?, 1, 1)",
+                (r["inode"], r["parent"], r["name"], r["mode"], r["mtime"], r["ctime"], r["owner"], r["access"]))
+            self._redo_op(r["seq"], "create", r["inode"], r["parent"], r["name"], {})
+            log.info("put back new file %r (inode %d), made just before the last stop", r["name"], r["inode"])
+        elif r["t"] == "setattr":
+            changes = {k: int(v) for k, v in r["changes"].items() if k in ("mode", "mtime_ns")}
+            if not changes or self.get(r["inode"]) is None:
+                return
+            self.update(r["inode"], ctime_ns=int(r["ctime"]), **changes)
+            self._redo_op(r["seq"], "setattr", r["inode"], None, None, changes)
+        else:
+            raise ValueError(f"unknown record type {r['t']!r}")
+
+    def _redo_op(self, seq: int, kind: str, inode: int, parent: int | None, name: str | None,
+                 args: dict[str, Any]) -> None:
+        self.conn.execute("INSERT INTO ops(seq, kind, inode, parent_inode, name, args, created_ns) VALUES (?,?,?,?,?,?,?)",
+                          (seq, kind, inode, parent, name, json.dumps(args), time.time_ns()))
 
     def ops(self, limit: int = 100) -> Iterator[Op]:
         for seq, kind, inode, parent, name, other, args, attempts in self.conn.execute(

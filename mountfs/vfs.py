@@ -486,9 +486,11 @@ class Vfs:
                 st = os.stat(self.tree.data_path(inode))
                 os.utime(self.tree.data_path(inode), ns=(st.st_atime_ns, mtime_ns))
         if changes:
-            with self.tree.index.transaction():
-                self.tree.update(inode, ctime_ns=time.time_ns(), **changes)
-                self.tree.enqueue("setattr", inode, None, None, **changes)
+            with self.tree.index.batched() as batch:  # like a create: tar and cp -p set both on every file
+                ctime_ns = time.time_ns()
+                self.tree.update(inode, ctime_ns=ctime_ns, **changes)
+                seq = self.tree.enqueue("setattr", inode, None, None, **changes)
+                batch.log(self.tree.setattr_record(inode, ctime_ns, changes, seq))
             self.wake_syncer()
         return self.getattr(inode)
 

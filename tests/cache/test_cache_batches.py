@@ -127,3 +127,37 @@ def test_a_failing_batched_block_rolls_back_alone_and_logs_nothing(tmp_path: Pat
     assert tree.child(ROOT_INODE, "b") is None and tree.child(ROOT_INODE, "a") is not None
     tree.index.close()
     assert _committed_names(db) == ["a"]
+
+
+def test_batched_setattrs_killed_before_their_commit_are_applied_again_in_order(tmp_path: Path) -> None:
+    db = tmp_path / "index.db"
+    script = textwrap.dedent(f"""
+        import os, signal, sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from cache.index import Index
+        from cache.tree import ROOT_INODE, Tree
+        tree = Tree(Index({str(db)!r}), __import__("pathlib").Path({str(tmp_path / "files")!r}))
+        tree.ensure_roots(None)
+        kept = tree.add(ROOT_INODE, "kept", "file", 0o600, owner="u")  # committed
+        with tree.index.batched() as batch:
+            e = tree.add(ROOT_INODE, "new", "file", 0o600, owner="u", local_data=True, content_gen=1)
+            batch.log(tree.created_record(e, tree.enqueue("create", e.inode, ROOT_INODE, "new")))
+        for inode, changes in ((e.inode, {{"mode": 0o755}}), (kept.inode, {{"mtime_ns": 12345}}),
+                               (e.inode, {{"mode": 0o700, "mtime_ns": 678}})):
+            with tree.index.batched() as batch:
+                tree.update(inode, ctime_ns=999, **changes)
+                seq = tree.enqueue("setattr", inode, None, None, **changes)
+                batch.log(tree.setattr_record(inode, 999, changes, seq))
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=False)
+    assert _committed_names(db) == ["kept"]
+
+    tree = Tree(Index(db), tmp_path / "files")
+    new, kept = tree.child(ROOT_INODE, "new"), tree.child(ROOT_INODE, "kept")
+    assert (new.mode, new.mtime_ns, new.ctime_ns) == (0o700, 678, 999)
+    assert (kept.mode, kept.mtime_ns) == (0o600, 12345)
+    assert [(op.kind, op.inode, op.args) for op in tree.ops()] == [
+        ("create", new.inode, {}), ("setattr", new.inode, {"mode": 0o755}), ("setattr", kept.inode, {"mtime_ns": 12345}),
+        ("setattr", new.inode, {"mode": 0o700, "mtime_ns": 678})]
+    tree.index.close()

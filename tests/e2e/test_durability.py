@@ -69,8 +69,8 @@ def test_kill_after_close_keeps_data(mount):
 
 
 def test_kill_right_after_a_burst_of_new_files_keeps_every_one(mount):
-    """New files are committed to the index in batches; until then the redo log alone vouches for the
-    ones whose close returned. Killed in that window (seen by the log still holding records), they
+    """New files, and their chmod and utime, are committed to the index in batches; until then the redo
+    log alone vouches for the ones whose call returned. Killed in that window (seen by the log still holding records), they
     all come back, with their bytes, and reach the server."""
     redo = mount.cache_dir / "index.db-redo"
     made: dict[str, bytes] = {}
@@ -81,12 +81,17 @@ def test_kill_right_after_a_burst_of_new_files_keeps_every_one(mount):
         for i in range(150):
             data = os.urandom(50 + i)
             (folder / f"n{i:03d}.txt").write_bytes(data)
+            os.chmod(folder / f"n{i:03d}.txt", 0o600 + i % 2 * 0o40)  # as tar and cp -p do after each file
+            os.utime(folder / f"n{i:03d}.txt", ns=(0, 1_600_000_000_000_000_000 + i))
             made[f"burst{attempt}/n{i:03d}.txt"] = data
         mount.kill()
         held.append(redo.stat().st_size)  # what the dead daemon could no longer commit
         mount.mount()
         for path, data in made.items():
             assert (mount.path / path).read_bytes() == data, path
+            i = int(path[-7:-4])
+            st = (mount.path / path).stat()
+            assert (st.st_mode & 0o777, st.st_mtime_ns) == (0o600 + i % 2 * 0o40, 1_600_000_000_000_000_000 + i), path
         assert redo.stat().st_size == 0
         if held[-1]:
             break
