@@ -23,6 +23,13 @@ def _create(tree: Tree, name: str) -> int:
     return e.inode
 
 
+def _fresh_tree(tmp_path: Path) -> tuple[Path, Tree]:
+    db = tmp_path / "index.db"
+    tree = Tree(Index(db), tmp_path / "files")
+    tree.ensure_roots(None)
+    return db, tree
+
+
 def _committed_names(path: Path) -> list[str]:
     """What another connection sees: only committed rows."""
     conn = apsw.Connection(str(path))
@@ -32,23 +39,29 @@ def _committed_names(path: Path) -> list[str]:
         conn.close()
 
 
-def test_batched_creates_killed_before_their_commit_come_back_from_the_redo_log(tmp_path: Path) -> None:
+def _run_then_kill(tmp_path: Path, body: str) -> Path:
+    """Run `body` in a new process with `tree` on tmp_path/index.db, then SIGKILL it; the index path."""
     db = tmp_path / "index.db"
     script = textwrap.dedent(f"""
         import os, signal, sys
+        from pathlib import Path
         sys.path.insert(0, {str(ROOT)!r})
         from cache.index import Index
         from cache.tree import ROOT_INODE, Tree
-        tree = Tree(Index({str(db)!r}), __import__("pathlib").Path({str(tmp_path / "files")!r}))
+        tree = Tree(Index({str(db)!r}), Path({str(tmp_path / "files")!r}))
         tree.ensure_roots(None)
+    """) + textwrap.dedent(body) + "\nos.kill(os.getpid(), signal.SIGKILL)\n"
+    subprocess.run([sys.executable, "-c", script], check=False)
+    return db
+
+
+def test_batched_creates_killed_before_their_commit_come_back_from_the_redo_log(tmp_path: Path) -> None:
+    db = _run_then_kill(tmp_path, """
         for i in range(5):
             with tree.index.batched() as batch:
-                e = tree.add(ROOT_INODE, f"f{{i}} été ✓", "file", 0o640, owner="u", local_data=True,
-                             content_gen=1)
+                e = tree.add(ROOT_INODE, f"f{i} été ✓", "file", 0o640, owner="u", local_data=True, content_gen=1)
                 batch.log(tree.created_record(e, tree.enqueue("create", e.inode, ROOT_INODE, e.name)))
-        os.kill(os.getpid(), signal.SIGKILL)
     """)
-    subprocess.run([sys.executable, "-c", script], check=False)
     assert _committed_names(db) == []  # nothing committed: only the redo log has them
     assert os.path.getsize(str(db) + "-redo") > 0
 
@@ -64,9 +77,7 @@ def test_batched_creates_killed_before_their_commit_come_back_from_the_redo_log(
 
 
 def test_any_other_write_commits_the_open_batch_first_and_empties_the_redo_log(tmp_path: Path) -> None:
-    db = tmp_path / "index.db"
-    tree = Tree(Index(db), tmp_path / "files")
-    tree.ensure_roots(None)
+    db, tree = _fresh_tree(tmp_path)
     _create(tree, "a")
     _create(tree, "b")
     assert _committed_names(db) == [] and os.path.getsize(str(db) + "-redo") > 0
@@ -96,9 +107,7 @@ def test_the_batch_is_committed_when_old_enough_at_sync_and_at_close(tmp_path: P
 
 
 def test_a_record_already_committed_is_not_put_back_twice(tmp_path: Path) -> None:
-    db = tmp_path / "index.db"
-    tree = Tree(Index(db), tmp_path / "files")
-    tree.ensure_roots(None)
+    db, tree = _fresh_tree(tmp_path)
     inode = _create(tree, "a")
     record = tree.created_record(tree.get(inode), next(iter(tree.ops())).seq)
     tree.index.close()  # committed; then a kill before the log was emptied would leave this:
@@ -112,9 +121,7 @@ def test_a_record_already_committed_is_not_put_back_twice(tmp_path: Path) -> Non
 
 
 def test_a_failing_batched_block_rolls_back_alone_and_logs_nothing(tmp_path: Path) -> None:
-    db = tmp_path / "index.db"
-    tree = Tree(Index(db), tmp_path / "files")
-    tree.ensure_roots(None)
+    db, tree = _fresh_tree(tmp_path)
     _create(tree, "a")
     size = os.path.getsize(str(db) + "-redo")
     try:
@@ -130,27 +137,18 @@ def test_a_failing_batched_block_rolls_back_alone_and_logs_nothing(tmp_path: Pat
 
 
 def test_batched_setattrs_killed_before_their_commit_are_applied_again_in_order(tmp_path: Path) -> None:
-    db = tmp_path / "index.db"
-    script = textwrap.dedent(f"""
-        import os, signal, sys, time
-        sys.path.insert(0, {str(ROOT)!r})
-        from cache.index import Index
-        from cache.tree import ROOT_INODE, Tree
-        tree = Tree(Index({str(db)!r}), __import__("pathlib").Path({str(tmp_path / "files")!r}))
-        tree.ensure_roots(None)
+    db = _run_then_kill(tmp_path, """
         kept = tree.add(ROOT_INODE, "kept", "file", 0o600, owner="u")  # committed
         with tree.index.batched() as batch:
             e = tree.add(ROOT_INODE, "new", "file", 0o600, owner="u", local_data=True, content_gen=1)
             batch.log(tree.created_record(e, tree.enqueue("create", e.inode, ROOT_INODE, "new")))
-        for inode, changes in ((e.inode, {{"mode": 0o755}}), (kept.inode, {{"mtime_ns": 12345}}),
-                               (e.inode, {{"mode": 0o700, "mtime_ns": 678}})):
+        for inode, changes in ((e.inode, {"mode": 0o755}), (kept.inode, {"mtime_ns": 12345}),
+                               (e.inode, {"mode": 0o700, "mtime_ns": 678})):
             with tree.index.batched() as batch:
                 tree.update(inode, ctime_ns=999, **changes)
                 seq = tree.enqueue("setattr", inode, None, None, **changes)
                 batch.log(tree.setattr_record(inode, 999, changes, seq))
-        os.kill(os.getpid(), signal.SIGKILL)
     """)
-    subprocess.run([sys.executable, "-c", script], check=False)
     assert _committed_names(db) == ["kept"]
 
     tree = Tree(Index(db), tmp_path / "files")
