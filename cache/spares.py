@@ -6,8 +6,8 @@ import logging
 import os
 import secrets
 from collections import deque
-from contextlib import suppress
 from collections.abc import Callable
+from contextlib import suppress
 from itertools import count
 from pathlib import Path
 
@@ -25,8 +25,9 @@ class SpareFiles:
     allocator reads past every recently deleted inode, which after a burst of deletes costs more than all
     of drivefs' own work for the create. `fill` pays that in a worker thread ahead of need; `take` runs on
     the FUSE thread. `recycle` keeps the local copy of a deleted file as a spare instead of deleting it,
-    so churn (delete, then create) neither leaves recently deleted inodes nor makes new ones. Nothing ever writes to a spare under its spare name, so a crash leaves them empty
-    and the next start adopts them. `take` and `fill` may run at the same time (the deque is the only
+    so churn (delete, then create) neither leaves recently deleted inodes nor makes new ones. Nothing
+    ever writes to a spare under its spare name, so a crash leaves them empty and the next start adopts
+    them. `take` and `fill` may run at the same time (the deque is the only
     state they share, and its appends and pops are atomic).
     """
 

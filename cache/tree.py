@@ -284,8 +284,9 @@ class Tree:
 
     def _redo_op(self, seq: int, kind: str, inode: int, parent: int | None, name: str | None,
                  args: dict[str, Any]) -> None:
-        self.conn.execute("INSERT INTO ops(seq, kind, inode, parent_inode, name, args, created_ns) VALUES (?,?,?,?,?,?,?)",
-                          (seq, kind, inode, parent, name, json.dumps(args), time.time_ns()))
+        self.conn.execute(
+            "INSERT INTO ops(seq, kind, inode, parent_inode, name, args, created_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, kind, inode, parent, name, json.dumps(args), time.time_ns()))
 
     def ops(self, limit: int = 100) -> Iterator[Op]:
         for seq, kind, inode, parent, name, other, args, attempts in self.conn.execute(

@@ -45,8 +45,8 @@ _Chunk = namedtuple("_Chunk", "hash size")
 INTERACTIVE_RETRY = RetryPolicy(max_total_s=8.0)
 EVICT_EVERY_S = 30.0
 SPARES_RETRY_S = 30.0
-# A batch of creates and setattrs (cache/index.py: Index.batched) is committed at most this long after it opened,
-# unless another write to the index commits it sooner.
+# A batch of creates and setattrs (cache/index.py: Index.batched) is committed at most this long after
+# it opened, unless another write to the index commits it sooner.
 BATCH_COMMIT_S = 0.2
 
 
