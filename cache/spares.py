@@ -27,8 +27,8 @@ class SpareFiles:
     the FUSE thread. `recycle` keeps the local copy of a deleted file as a spare instead of deleting it,
     so churn (delete, then create) neither leaves recently deleted inodes nor makes new ones. Nothing
     ever writes to a spare under its spare name, so a crash leaves them empty and the next start adopts
-    them. `take` and `fill` may run at the same time (the deque is the only
-    state they share, and its appends and pops are atomic).
+    them. `take` and `fill` may run at the same time (the deque is the only state they share, and its
+    appends and pops are atomic).
     """
 
     def __init__(self, folder: Path, keep: int = KEEP, on_low: Callable[[], None] | None = None) -> None:
@@ -72,13 +72,16 @@ class SpareFiles:
             self.on_low()
         return fd
 
+    def _new_name(self) -> str:
+        return f"{PREFIX}{self._run}-{next(self._serial)}"
+
     def recycle(self, path: Path) -> bool:
         """Empty the data file at `path` and keep it as a spare; False (the file left as it is) when the
         pool is full. Renamed before it is emptied: a crash in between leaves a spare with bytes in it,
         which `adopt` removes, never a data file cut short under its own name."""
         if len(self._names) >= RECYCLED_MAX:
             return False
-        name = f"{PREFIX}{self._run}-{next(self._serial)}"
+        name = self._new_name()
         spare = os.path.join(self.folder, name)
         try:
             os.rename(path, spare)
@@ -102,7 +105,7 @@ class SpareFiles:
         worker thread. An OSError (a full disk) is raised with the spares made so far kept."""
         made = 0
         while len(self._names) < self.keep:
-            name = f"{PREFIX}{self._run}-{next(self._serial)}"
+            name = self._new_name()
             os.close(os.open(os.path.join(self.folder, name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
             self._names.append(name)
             made += 1

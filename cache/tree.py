@@ -229,13 +229,13 @@ class Tree:
     # ---- the op queue --------------------------------------------------------------------------
 
     def enqueue(self, kind: str, inode: int, parent_inode: int | None = None, name: str | None = None,
-                other_inode: int | None = None, **args: Any) -> int:
-        """Queue an op; its sequence number."""
+                other_inode: int | None = None, *, seq: int | None = None, **args: Any) -> int:
+        """Queue an op (under `seq` when replaying one, else the next number); its sequence number."""
         with self.index.transaction():
             self.conn.execute(
-                "INSERT INTO ops(kind, inode, parent_inode, name, other_inode, args, created_ns)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (kind, inode, parent_inode, name, other_inode, json.dumps(args), time.time_ns()))
+                "INSERT INTO ops(seq, kind, inode, parent_inode, name, other_inode, args, created_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, kind, inode, parent_inode, name, other_inode, json.dumps(args), time.time_ns()))
             return self.conn.last_insert_rowid()
 
     # ---- batched creates -----------------------------------------------------------------------
@@ -271,22 +271,16 @@ class Tree:
                 "INSERT INTO inodes(inode, parent_inode, name, kind, mode, mtime_ns, ctime_ns, owner, access,"
                 " local_data, content_gen) VALUES (?, ?, ?, 'file', ?, ?, ?, ?, ?, 1, 1)",
                 (r["inode"], r["parent"], r["name"], r["mode"], r["mtime"], r["ctime"], r["owner"], r["access"]))
-            self._redo_op(r["seq"], "create", r["inode"], r["parent"], r["name"], {})
+            self.enqueue("create", r["inode"], r["parent"], r["name"], seq=r["seq"])
             log.info("put back new file %r (inode %d), made just before the last stop", r["name"], r["inode"])
         elif r["t"] == "setattr":
             changes = {k: int(v) for k, v in r["changes"].items() if k in ("mode", "mtime_ns")}
             if not changes or self.get(r["inode"]) is None:
                 return
             self.update(r["inode"], ctime_ns=int(r["ctime"]), **changes)
-            self._redo_op(r["seq"], "setattr", r["inode"], None, None, changes)
+            self.enqueue("setattr", r["inode"], seq=r["seq"], **changes)
         else:
             raise ValueError(f"unknown record type {r['t']!r}")
-
-    def _redo_op(self, seq: int, kind: str, inode: int, parent: int | None, name: str | None,
-                 args: dict[str, Any]) -> None:
-        self.conn.execute(
-            "INSERT INTO ops(seq, kind, inode, parent_inode, name, args, created_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (seq, kind, inode, parent, name, json.dumps(args), time.time_ns()))
 
     def ops(self, limit: int = 100) -> Iterator[Op]:
         for seq, kind, inode, parent, name, other, args, attempts in self.conn.execute(
