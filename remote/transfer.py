@@ -37,7 +37,6 @@ server computed for the chunk, into the ChunkCache as a partial chunk.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -55,7 +54,7 @@ from cachetools import LRUCache
 
 from cache.blocks import BlockMap, block_range, runs
 from cache.chunkcache import ChunkCache
-from cache.chunker import MIN_CHUNK, ChunkRef, chunk_views, hash_bytes
+from cache.chunker import MIN_CHUNK, ChunkRef, chunk_views, content_hash, hash_bytes
 from cache.index import Index
 
 from . import errors
@@ -731,22 +730,22 @@ def _target_json(target: dict[str, Any]) -> str:
 
 def _cut(f: BinaryIO, out: trio.MemorySendChannel[_Cut]) -> _Scan:
     """(In a worker thread.) Cut and hash the file, passing each chunk's ref to `out` as soon as it is cut;
-    the result holds all refs and the SHA-256 of the whole file. The bytes are not kept: the chunks to
-    send are read again just before their PUT, from the page cache this pass just filled."""
-    whole = hashlib.sha256()
+    the result holds all refs and the file's content hash. The bytes are not kept: the chunks to send are
+    read again just before their PUT, from the page cache this pass just filled."""
     refs = []
     for ref, view in chunk_views(f):
-        whole.update(view)
         refs.append(ref)
         trio.from_thread.run(out.send, _Cut(ref, _packable(view)))
-    return _Scan(tuple(refs), sum(r.size for r in refs), whole.hexdigest())
+    return _scan_of(refs)
 
 
 def _cut_small(f: BinaryIO) -> _Scan:
     """The scan of a file of at most SMALL_FILE_BYTES: one chunk (or none), whose hash is the file's."""
-    refs = tuple(ref for ref, _ in chunk_views(f))
-    size = sum(r.size for r in refs)
-    return _Scan(refs, size, refs[0].hash if refs else hashlib.sha256(b"").hexdigest())
+    return _scan_of([ref for ref, _ in chunk_views(f)])
+
+
+def _scan_of(refs: list[ChunkRef]) -> _Scan:
+    return _Scan(tuple(refs), sum(r.size for r in refs), content_hash(refs))
 
 
 def _packable(data: memoryview) -> bool:

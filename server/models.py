@@ -161,7 +161,9 @@ class FileCommit(Strict):
     size: Annotated[int, Field(ge=0, le=limits.MAX_FILE_BYTES)]
     mode: Mode = 0o644
     mtime_ns: TimeNs | None = None
-    content_hash: Hash | None = None
+    content_hash: Hash | None = Field(None, description=(
+        "the client's content hash, stored as given: the SHA-256 of the bytes of an empty or one-chunk "
+        "file, else the SHA-256 of a prefix and each chunk's binary hash and 8-byte size (cache/chunker.py)"))
     device: Annotated[str, Field(max_length=255)] | None = None
 
     @model_validator(mode="after")

@@ -1,5 +1,6 @@
 """Content-defined chunking: bounds, reassembly, determinism, locality of edits, bounded memory."""
 
+import hashlib
 import io
 import random
 import subprocess
@@ -17,7 +18,9 @@ from cache.chunker import (
     chunk_file,
     chunk_stream,
     chunk_views,
+    content_hash,
     hash_bytes,
+    is_chunk_hash,
     manifest_of,
 )
 
@@ -141,6 +144,37 @@ def test_views_read_on_the_spot_are_the_chunks():
         views = [(ref, bytes(view)) for ref, view in chunk_views(ShortReadintoReader(data, [65_537]))]
         assert views == chunks_of(data), size
         assert_well_formed(data, views)
+
+
+def content_hash_of(data: bytes) -> str:
+    return content_hash([ref for ref, _part in chunks_of(data)])
+
+
+def test_content_hash_of_an_empty_or_one_chunk_file_is_its_sha256():
+    for data in (b"", b"x", random_bytes(MIN_CHUNK, seed=6)):
+        assert content_hash_of(data) == hashlib.sha256(data).hexdigest()
+
+
+def test_content_hash_of_a_file_of_several_chunks_names_its_content():
+    data = random_bytes(12 * MiB, seed=7)
+    refs = [ref for ref, _part in chunks_of(data)]
+    assert len(refs) > 3
+    h = content_hash(refs)
+    assert h == content_hash(manifest_of_bytes(data, reads=[65_537]))  # however the file is read
+    assert is_chunk_hash(h) and h != hashlib.sha256(data).hexdigest()
+    # Any change of content changes it: one byte, one byte more, or the same chunks in another order.
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 1
+    assert content_hash_of(bytes(flipped)) != h
+    assert content_hash_of(data + b"\0") != h
+    assert content_hash(refs[1:] + refs[:1]) != h
+    # It names a list of chunks: a file whose bytes are the chunks' hashes and sizes does not share it.
+    listed = b"".join(bytes.fromhex(r.hash) + r.size.to_bytes(8, "big") for r in refs)
+    assert content_hash_of(listed) != h
+
+
+def manifest_of_bytes(data: bytes, reads: list[int]) -> list[ChunkRef]:
+    return [ref for ref, _part in chunk_stream(ShortReadintoReader(data, reads))]
 
 
 def test_inserting_one_byte_changes_only_the_chunks_around_it():

@@ -14,6 +14,7 @@ Knobs (environment variables; `scripts/soak` raises them):
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -26,6 +27,7 @@ from typing import Any
 import httpx
 import zstandard
 
+from cache.chunker import chunk_views, content_hash
 from tests.fixtures.mount import MountProcess
 
 
@@ -46,6 +48,11 @@ SHARED = "Shared with me"
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def content_sha(data: bytes) -> str:
+    """The content hash the server records for a version with these bytes."""
+    return content_hash([ref for ref, _view in chunk_views(io.BytesIO(data))])
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:

@@ -34,6 +34,7 @@ from tests.reliability.helpers import (
     KILL_POINTS,
     SEED,
     ServerView,
+    content_sha,
     converge,
     flush_until_ok,
     sha,
@@ -216,8 +217,8 @@ def check_history(view: ServerView, written: set[str], torn: list[bytes], where:
         for v in view.versions(node):
             if (node["id"], v["version"]) in seen:
                 continue
-            h = v["content_hash"] or (sha(b"") if v["size"] == 0 else None)
-            ok = h in written or any(len(d) >= v["size"] and sha(d[:v["size"]]) == h for d in torn)
+            h = v["content_hash"] or (content_sha(b"") if v["size"] == 0 else None)
+            ok = h in written or any(len(d) >= v["size"] and content_sha(d[:v["size"]]) == h for d in torn)
             assert ok, f"{where}: version {v['version']} of {path} ({v['size']} bytes) was never written"
             seen.add((node["id"], v["version"]))
 
@@ -231,7 +232,7 @@ def test_kill_9_at_random_points_loses_nothing_that_returned(server, tmp_path, c
         converge([a, b], view)
 
         state: dict[str, bytes] = {}
-        written = {sha(b"")}
+        written = {content_sha(b"")}
         torn: list[bytes] = []
         versions_seen: set[tuple[int, int]] = set()
         serial = [0]
@@ -239,7 +240,7 @@ def test_kill_9_at_random_points_loses_nothing_that_returned(server, tmp_path, c
         for round_no in range(1, KILL_POINTS + 1):
             where = f"round {round_no} (seed {SEED})"
             ops = plan(rng, state, serial)
-            written.update(sha(op.data) for op in ops if op.kind == "write")
+            written.update(content_sha(op.data) for op in ops if op.kind == "write")
             work = Workload(a.path, ops, state)
             work.start()
             if rng.random() < 0.5:  # in the middle of a chosen operation

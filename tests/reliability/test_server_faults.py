@@ -25,6 +25,7 @@ from tests.reliability.helpers import (
     OUTAGE_S,
     SEED,
     ServerView,
+    content_sha,
     converge,
     flush_until_ok,
     sha,
@@ -155,7 +156,7 @@ def test_blob_store_unavailable_for_a_while(rig, counts):
     proxy.remove(outage)
     flush_until_ok(a, timeout=90 + OUTAGE_S)
     assert_single_versions(view, files, {"old.bin": 2})
-    assert view.versions(view.nodes()["old.bin"])[-1]["content_hash"] == sha(old)  # newest first
+    assert view.versions(view.nodes()["old.bin"])[-1]["content_hash"] == content_sha(old)  # newest first
     converge([a, b], view, timeout=60)
     wait_for(lambda: not troubled(a), 30, "the error clears once everything is up")
     counts.add(faults_injected=outage.hits, files_verified=3 * len(files))
@@ -167,7 +168,7 @@ class Model:
     def __init__(self) -> None:
         self.dirs: set[str] = set()
         self.files: dict[str, bytes] = {}
-        self.written: set[str] = {sha(b"")}
+        self.written: set[str] = {content_sha(b"")}
 
     def tree(self) -> dict[str, str]:
         return {**{d: "dir" for d in self.dirs}, **{p: sha(d) for p, d in self.files.items()}}
@@ -192,7 +193,7 @@ def run_workload(root: Path, rng: random.Random, model: Model, n_ops: int) -> No
         elif r < 0.45 or not files:
             path = rng.choice(files) if files and rng.random() < 0.3 else f"{rng.choice(sorted(model.dirs))}/f{serial}"
             data = rng.randbytes(rng.choice((0, 10, 5000, 300_000, 1_500_000)))
-            model.written.add(sha(data))
+            model.written.add(content_sha(data))
             with open(root / path, "wb") as f:
                 if rng.random() < 0.25:  # slowly: still open when the syncer replays its create
                     f.write(data[: len(data) // 2])
@@ -237,7 +238,7 @@ def test_delayed_and_dropped_answers(rig, counts):
     for path, node in view.nodes().items():
         if node["kind"] != "file":
             continue
-        hashes = [v["content_hash"] or sha(b"") for v in view.versions(node)]
+        hashes = [v["content_hash"] or content_sha(b"") for v in view.versions(node)]
         assert all(h in model.written for h in hashes), f"{path} has a version with bytes never written"
         assert all(x != y for x, y in zip(hashes, hashes[1:])), f"{path}: the same bytes committed twice in a row"
     assert proxy.faults > 0

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cache.chunkcache import ChunkCache
-from cache.chunker import chunk_file
+from cache.chunker import chunk_file, content_hash, manifest_of
 from cache.index import Index
 from remote import errors
 from remote.transfer import Transfer, _prepare
@@ -51,6 +51,7 @@ async def test_upload_download_identical(api, tmp_path, kind):
     node = await transfer.upload_file(src, parent_id=me.root_id, name=kind, mode=0o640, mtime_ns=10**18)
     size = src.stat().st_size
     assert (node.size, node.mode, node.mtime_ns, node.version) == (size, 0o640, 10**18, 1)
+    assert node.content_hash == content_hash(manifest_of(src))
     dest = tmp_path / "dest"
     detail = await transfer.download_file(node, dest)
     assert same_file(src, dest) and detail.size == size
