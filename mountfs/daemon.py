@@ -14,7 +14,7 @@ import re
 import signal
 import sys
 from collections import namedtuple
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pyfuse3
@@ -104,7 +104,7 @@ class Mount:
         self._spares_low.set()
 
     async def _fetch(self, node_id: int, version: int, chunks: Sequence[tuple[str, int]],
-                     on_chunk: Callable[[str, bytes | bytearray], None] | None = None,
+                     on_chunk: Callable[[str, bytes | bytearray], Awaitable[None] | None] | None = None,
                      nearby: Sequence[str] = (), store: bool = True) -> None:
         # keep=False: the reader is handed each chunk by on_chunk, so none are collected here.
         await self.transfer.download_chunks(node_id, version, [_Chunk(h, n) for h, n in chunks],

@@ -27,11 +27,11 @@ log = logging.getLogger("drivefs.reader")
 class Fetch(Protocol):
     """fetch(node_id, version, chunks, on_chunk, nearby) downloads and verifies those (hash, size) chunks
     into the chunk cache (not with store=False), calling on_chunk(hash, bytes) with each one's verified
-    bytes once it is stored there; `nearby` names the chunks a sequential reader comes to next (their
-    signed URLs come along)."""
+    bytes once it is stored there (and awaiting what it returns, if anything); `nearby` names the chunks a
+    sequential reader comes to next (their signed URLs come along)."""
 
     def __call__(self, node_id: int, version: int, chunks: Sequence[tuple[str, int]],
-                 on_chunk: Callable[[str, bytes | bytearray], None], nearby: Sequence[str], *,
+                 on_chunk: Callable[[str, bytes | bytearray], Awaitable[None] | None], nearby: Sequence[str], *,
                  store: bool = True) -> Awaitable[None]: ...
 
 
@@ -134,9 +134,14 @@ class Reader:
         chunks = list(dict.fromkeys(zip(layout.hashes, layout.sizes)))
         if chunks:
             assert e.node_id is not None  # layout() has a chunk list only for a file the server has
+
+            async def write(h: str, data: bytes | bytearray) -> None:
+                # In a worker thread: a chunk's pwrite takes a millisecond or more, which FUSE requests on
+                # the trio thread would otherwise wait for, and it overlaps the next chunks' receiving.
+                await trio.to_thread.run_sync(pwrite_all, fd, data, at[h])
+
             try:
-                await self.fetch(e.node_id, layout.version, chunks, lambda h, data: pwrite_all(fd, data, at[h]), (),
-                                 store=False)
+                await self.fetch(e.node_id, layout.version, chunks, write, (), store=False)
             except rerr.RemoteError as exc:
                 raise FsError(errno.EIO, f"cannot fetch data of {e.name!r}: {exc}") from None
         return layout.starts[-1] + layout.sizes[-1] if layout.starts else 0

@@ -424,7 +424,7 @@ class Transfer:
         chunk_cache: ChunkCache | None = None,
         concurrency: int | None = None,
         progress: Progress | None = None,
-        on_chunk: Callable[[str, Bytes], None] | None = None,
+        on_chunk: Callable[[str, Bytes], Awaitable[None] | None] | None = None,
         keep: bool = True,
         nearby: Sequence[str] = (),
         store: bool = True,
@@ -435,10 +435,11 @@ class Transfer:
         for a caller that keeps the bytes elsewhere, such as a file's whole local copy). Raises
         CorruptChunk if a chunk does not match its hash (after one refetch). `on_chunk(hash, bytes)` is
         called with each chunk's verified bytes as it arrives (after it is in `chunk_cache`), so a reader
-        need not wait for the whole window; with keep=False the bytes are not collected (an empty dict is
-        returned): memory stays bounded by the chunks in flight. `nearby`: chunks of the version the
-        caller will likely ask for next (a sequential reader's next ones); their signed URLs come in the
-        same request as these and are kept for later calls while they live.
+        need not wait for the whole window; an awaitable it returns is awaited before that fetcher goes
+        on. With keep=False the bytes are not collected (an empty dict is returned): memory stays bounded
+        by the chunks in flight. `nearby`: chunks of the version the caller will likely ask for next (a
+        sequential reader's next ones); their signed URLs come in the same request as these and are kept
+        for later calls while they live.
         """
         out: dict[str, Bytes] = {}
         sizes = {e.hash: e.size for e in entries}
@@ -452,8 +453,8 @@ class Transfer:
             got += len(data)
             if progress is not None:
                 progress(got, total)
-            if on_chunk is not None:
-                on_chunk(h, data)
+            if on_chunk is not None and (pending := on_chunk(h, data)) is not None:
+                await pending
 
         await self._fetch(node_id, version, sizes, deliver, chunk_cache, concurrency or self.concurrency, nearby,
                           store=store)

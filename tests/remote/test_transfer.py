@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import trio
 
 from cache.chunkcache import ChunkCache
 from cache.chunker import chunk_file, content_hash, manifest_of
@@ -243,6 +244,29 @@ async def test_download_chunks_uses_the_cache(api, tmp_path):
     stats = transfer.statistics()
     assert again == got and stats.chunks_received == len(got) and stats.chunks_from_cache == len(got)
     index.close()
+
+
+async def test_download_chunks_waits_for_what_on_chunk_returns(api, tmp_path):
+    # The mount writes each fetched chunk into a file's local copy in a worker thread: the download must
+    # not return before those writes are done, and a sync callback must still work.
+    me = await api.me()
+    src = write_random(tmp_path / "f", 6 * MiB)
+    transfer = Transfer(api)
+    node = await transfer.upload_file(src, parent_id=me.root_id, name="f")
+    detail = await api.version_detail(node.id, node.version)
+    written: dict[str, bytes] = {}
+
+    async def slow_write(h: str, data: bytes) -> None:
+        await trio.sleep(0.05)
+        written[h] = bytes(data)
+
+    seen: list[str] = []
+    await transfer.download_chunks(node.id, node.version, detail.manifest, on_chunk=slow_write, keep=False)
+    await transfer.download_chunks(node.id, node.version, detail.manifest, on_chunk=lambda h, _d: seen.append(h),
+                                   keep=False)
+    data = src.read_bytes()
+    assert len(detail.manifest) > 2 and sorted(seen) == sorted(written) == sorted(e.hash for e in detail.manifest)
+    assert all(written[e.hash] == data[e.offset:e.offset + e.size] for e in detail.manifest)
 
 
 async def test_progress_reaches_total(api, tmp_path):
