@@ -228,19 +228,25 @@ async def test_corrupted_blob_is_detected(fresh_server, tmp_path, kind):
         index.close()
 
 
-async def test_download_chunks_uses_the_cache(api, tmp_path):
+async def uploaded(api, tmp_path: Path, size: int):
+    """A random file of `size` bytes uploaded: its path, the Transfer, the node and its chunk list."""
     me = await api.me()
-    src = write_random(tmp_path / "f", 6 * MiB)
+    src = write_random(tmp_path / "f", size)
     transfer = Transfer(api)
     node = await transfer.upload_file(src, parent_id=me.root_id, name="f")
     detail = await api.version_detail(node.id, node.version)
+    return src, transfer, node, detail.manifest
+
+
+async def test_download_chunks_uses_the_cache(api, tmp_path):
+    src, transfer, node, manifest = await uploaded(api, tmp_path, 6 * MiB)
     index = Index(tmp_path / "index.db")
     cache = ChunkCache(tmp_path / "cache", index)
-    got = await transfer.download_chunks(node.id, node.version, detail.manifest, chunk_cache=cache)
+    got = await transfer.download_chunks(node.id, node.version, manifest, chunk_cache=cache)
     data = src.read_bytes()
-    assert all(got[e.hash] == data[e.offset:e.offset + e.size] for e in detail.manifest)
+    assert all(got[e.hash] == data[e.offset:e.offset + e.size] for e in manifest)
     assert transfer.statistics().chunks_received == len(got) == cache.usage().chunks
-    again = await transfer.download_chunks(node.id, node.version, detail.manifest, chunk_cache=cache)
+    again = await transfer.download_chunks(node.id, node.version, manifest, chunk_cache=cache)
     stats = transfer.statistics()
     assert again == got and stats.chunks_received == len(got) and stats.chunks_from_cache == len(got)
     index.close()
@@ -249,11 +255,7 @@ async def test_download_chunks_uses_the_cache(api, tmp_path):
 async def test_download_chunks_waits_for_what_on_chunk_returns(api, tmp_path):
     # The mount writes each fetched chunk into a file's local copy in a worker thread: the download must
     # not return before those writes are done, and a sync callback must still work.
-    me = await api.me()
-    src = write_random(tmp_path / "f", 6 * MiB)
-    transfer = Transfer(api)
-    node = await transfer.upload_file(src, parent_id=me.root_id, name="f")
-    detail = await api.version_detail(node.id, node.version)
+    src, transfer, node, manifest = await uploaded(api, tmp_path, 6 * MiB)
     written: dict[str, bytes] = {}
 
     async def slow_write(h: str, data: bytes) -> None:
@@ -261,12 +263,11 @@ async def test_download_chunks_waits_for_what_on_chunk_returns(api, tmp_path):
         written[h] = bytes(data)
 
     seen: list[str] = []
-    await transfer.download_chunks(node.id, node.version, detail.manifest, on_chunk=slow_write, keep=False)
-    await transfer.download_chunks(node.id, node.version, detail.manifest, on_chunk=lambda h, _d: seen.append(h),
-                                   keep=False)
+    await transfer.download_chunks(node.id, node.version, manifest, on_chunk=slow_write, keep=False)
+    await transfer.download_chunks(node.id, node.version, manifest, on_chunk=lambda h, _d: seen.append(h), keep=False)
     data = src.read_bytes()
-    assert len(detail.manifest) > 2 and sorted(seen) == sorted(written) == sorted(e.hash for e in detail.manifest)
-    assert all(written[e.hash] == data[e.offset:e.offset + e.size] for e in detail.manifest)
+    assert len(manifest) > 2 and sorted(seen) == sorted(written) == sorted(e.hash for e in manifest)
+    assert all(written[e.hash] == data[e.offset:e.offset + e.size] for e in manifest)
 
 
 async def test_progress_reaches_total(api, tmp_path):
