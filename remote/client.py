@@ -38,7 +38,7 @@ import httpx
 import trio
 
 from . import errors
-from .blobget import BlobGetter, body_of
+from .blobhttp import BlobHttp, body_of
 from .models import (
     Changes,
     Listing,
@@ -153,11 +153,11 @@ class ApiClient:
             transport=transport,
             follow_redirects=False,
         )
-        # Blob GETs skip httpx's per-piece body handling (see remote.blobget); a given
+        # Blob GETs and PUTs skip httpx's per-request machinery (see remote.blobhttp); a given
         # transport (tests) sees every request, and with an HTTP proxy set in the environment httpx's
         # proxy support is kept for every request.
         direct = transport is None and "http" not in urllib.request.getproxies()
-        self._blobs = BlobGetter(max_connections) if direct else None
+        self._blobs = BlobHttp(max_connections) if direct else None
 
     def __repr__(self) -> str:
         return f"ApiClient({self.base_url!r}, device={self.device!r})"
@@ -189,11 +189,11 @@ class ApiClient:
         json: Any = None,
         content: bytes | None = None,
         timeout: httpx.Timeout | None = None,
-        blob_get: bool = False,
+        blob: bool = False,
         blob_max_bytes: int | None = None,
     ) -> httpx.Response:
-        """Send with retries; return a 2xx response or raise from remote.errors. blob_get: a GET of a
-        signed blob URL (no API credentials), sent through the BlobGetter when it can, which refuses a body
+        """Send with retries; return a 2xx response or raise from remote.errors. blob: a GET or PUT of a
+        signed blob URL (no API credentials), sent through BlobHttp when it can, which refuses an answer
         longer than blob_max_bytes."""
         policy = self.retry
         what = f"{method} {url.split('?', 1)[0]}"
@@ -206,9 +206,12 @@ class ApiClient:
             self._counters.requests += 1
             retry_after = 0.0
             try:
-                if blob_get and self._blobs is not None and self._blobs.handles(url):
-                    resp = await self._blobs.get(url, headers or {}, timeout or self._http.timeout,
-                                                 max_bytes=blob_max_bytes)
+                if blob and self._blobs is not None and self._blobs.handles(url):
+                    if method == "PUT":
+                        resp = await self._blobs.put(url, headers or {}, content or b"", timeout or self._http.timeout)
+                    else:
+                        resp = await self._blobs.get(url, headers or {}, timeout or self._http.timeout,
+                                                     max_bytes=blob_max_bytes)
                 else:
                     resp = await self._http.request(method, url, headers=headers, params=params, json=json,
                                                     content=content, **extra)
@@ -484,7 +487,7 @@ class ApiClient:
         reported as Expired too (see _error; or when the URL's expiry has passed), so callers renew it."""
         try:
             # The stored size bounds any answer for the chunk (a range's or the whole object's).
-            return await self._send(method, self._blob_url(url), idempotent=True, blob_get=method == "GET",
+            return await self._send(method, self._blob_url(url), idempotent=True, blob=True,
                                     blob_max_bytes=signed.stored_size if signed is not None else None, **kw)
         except errors.Forbidden as e:
             if signed is not None and time.time() >= signed.expires_at - 1:

@@ -90,7 +90,7 @@ SAMPLE_BYTES = 32 * 2**10
 # Rounds of send-then-commit before an upload whose chunks keep going missing gives up.
 COMMIT_ROUNDS = 4
 
-# Chunk bytes as downloaded: a bytearray when read straight from the socket (remote.blobget), never mutated.
+# Chunk bytes as downloaded: a bytearray when read straight from the socket (remote.blobhttp), never mutated.
 Bytes = bytes | bytearray
 
 Progress = Callable[[int, int], None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 
 import pytest
 import trio
@@ -12,6 +13,7 @@ import zstandard
 from cache.chunker import hash_bytes
 from remote import errors
 from remote.models import SmallFile, UploadChunk
+from tests.fixtures.server import ServerProcess
 from tests.remote.conftest import connect
 
 
@@ -198,6 +200,31 @@ async def test_never_logs_token_or_signatures(api, caplog):
     (got,) = await api.download_urls(node.id, 1, [h])
     await api.get_blob(got)
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "/blobs/" in text or "/staging/" in text  # httpx did log the blob requests...
+    # httpx logged the API requests (blob requests go through remote.blobhttp, which logs none)...
+    assert "/chunks/upload-urls" in text and "/chunks/download-urls" in text
     token = api._auth["Authorization"].split()[1]
-    assert token not in text and "sig=" not in text and "Signature=" not in text  # ...without their credentials
+    assert token not in text and "sig=" not in text and "Signature=" not in text  # ...without credentials
+
+
+async def test_an_expired_put_url_of_a_large_chunk_is_reported_as_expired(tmp_path):
+    # The server refuses an expired URL before it reads the body, with 4 MiB on the way: the client must
+    # report the refusal (so the transfer engine asks for a new URL) and send on a new URL afterwards.
+    # (tests/remote/test_blobhttp.py covers a store that closes the connection without reading it.)
+    config = tmp_path / "server.toml"
+    config.write_text("url_ttl_s = 1\n")
+    srv = ServerProcess(tmp_path / "data", extra_env={"DRIVE_SERVER_CONFIG": str(config)})
+    srv.start()
+    try:
+        _name, token = srv.add_user()
+        data = os.urandom(4 * 2**20)
+        chunk = UploadChunk(hash_bytes(data), len(data), len(data))
+        async with connect(srv, token) as api:
+            (url,) = await api.upload_urls([chunk])
+            await trio.sleep(2.2)
+            with pytest.raises(errors.Expired):
+                await api.put_blob(url, data)
+            (url,) = await api.upload_urls([chunk])
+            await api.put_blob(url, data)
+            assert await api.missing_chunks([chunk.hash]) == []
+    finally:
+        srv.stop()

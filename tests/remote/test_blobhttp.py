@@ -1,6 +1,7 @@
-"""Blob GETs read by remote.blobget (not httpx) behave like httpx's: bodies in every framing, kept
-connections reused, a kept connection the server dropped replaced without a retry, error answers and
-timeouts mapped to the same remote.errors. A small canned HTTP server on loopback plays the store."""
+"""Blob GETs and PUTs sent by remote.blobhttp (not httpx) behave like httpx's: bodies in every framing,
+kept connections reused, a kept connection the server dropped replaced without a retry, error answers
+(also one sent before a PUT's body was read) and timeouts mapped to the same remote.errors. A small
+canned HTTP server on loopback plays the store."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from remote.models import SignedUrl
 CLOSE = b"<close>"  # answer: read the request, then close the connection without a word
 STALL = b"<stall>"  # answer: headers and a little of the body, then nothing for 2 s
 HANG = b"<hang>"  # answer: headers and a little of the body, then nothing until the client closes
+EARLY = b"<early>"  # the next answer goes out before the request's body is read, then the connection closes
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Canned:
     answers: list[bytes]
     tls: ssl.SSLContext | None = None
     requests: list[bytes] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)  # of requests with a Content-Length
     connections: int = 0
     closed_by_client: int = 0  # connections the client closed while a HANG answer waited
 
@@ -71,6 +74,18 @@ class Canned:
                 head, buf = buf.split(b"\r\n\r\n", 1)
                 self.requests.append(head)
                 answer = self.answers.pop(0)
+                if answer == EARLY:
+                    conn.sendall(self.answers.pop(0))
+                    return
+                length = _content_length(head)
+                while len(buf) < length:
+                    more = conn.recv(1 << 20)
+                    if not more:
+                        return
+                    buf += more
+                if length:
+                    self.bodies.append(buf[:length])
+                    buf = buf[length:]
                 if answer == CLOSE:
                     return
                 if answer == STALL:
@@ -89,6 +104,14 @@ class Canned:
 
     def close(self) -> None:
         self._sock.close()
+
+
+def _content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
 
 
 def ok(body: bytes, *extra: str) -> bytes:
@@ -119,6 +142,44 @@ async def test_bodies_are_read_whole_over_one_kept_connection(canned):
     assert first.startswith("GET /blobs/a?sig=1 HTTP/1.1\r\n")
     assert "Accept-Encoding: identity" in first
     assert "secret-token" not in first  # the token never goes to a blob URL
+
+
+CREATED = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+async def test_puts_send_their_bodies_whole_over_one_kept_connection(canned):
+    big = os.urandom(3 * 2**20 + 17)
+    canned.answers += [CREATED, CREATED, ok(b"read back")]
+    async with client(canned) as api:
+        await api.put_blob("/blobs/a?sig=1", big)
+        await api.put_blob("/blobs/b?sig=2", b"small")
+        assert (await api.get_blob("/blobs/a?sig=3"))[1] == b"read back"
+    assert canned.connections == 1 and canned.bodies == [big, b"small"]
+    first = canned.requests[0].decode()
+    assert first.startswith("PUT /blobs/a?sig=1 HTTP/1.1\r\n")
+    assert {f"Content-Length: {len(big)}", "Content-Type: application/octet-stream"} <= set(first.split("\r\n"))
+    assert "secret-token" not in first
+
+
+async def test_a_put_on_a_kept_connection_the_server_dropped_goes_again_on_a_fresh_one(canned):
+    canned.answers += [CREATED, CLOSE, CREATED]
+    async with client(canned) as api:
+        await api.put_blob("/blobs/a", b"one")
+        await api.put_blob("/blobs/b", b"two" * 100_000)
+        assert api.statistics().retries == 0
+    # The dropped connection took the second PUT unanswered; it went whole again on the fresh one.
+    assert canned.connections == 2 and canned.bodies == [b"one", b"two" * 100_000, b"two" * 100_000]
+
+
+async def test_an_answer_sent_before_a_put_body_was_read_is_the_answer(canned):
+    # A store refuses an expired URL without reading the body, then closes: the client must report the
+    # refusal (so the URL gets renewed), not the broken pipe its unsent bytes met.
+    expired = json.dumps({"error": {"code": "expired", "message": "the signed URL has expired"}}).encode()
+    canned.answers += [EARLY, f"HTTP/1.1 410 Gone\r\nContent-Type: application/json\r\nContent-Length: "
+                              f"{len(expired)}\r\nConnection: close\r\n\r\n".encode() + expired]
+    async with client(canned) as api:
+        with pytest.raises(errors.Expired):
+            await api.put_blob("/blobs/a?sig=1", os.urandom(32 * 2**20))
 
 
 async def test_chunked_and_close_delimited_bodies(canned):
@@ -237,7 +298,7 @@ async def test_https_blob_urls_are_read_by_the_getter_and_verified(canned, self_
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trusted as httpx would trust it
         async with client(canned) as api:
             body = (await api.get_blob(url + "/blobs/a"))[1]
-            assert body == b"over tls" and isinstance(body, bytearray)  # read by the BlobGetter, not httpx
+            assert body == b"over tls" and isinstance(body, bytearray)  # read by BlobHttp, not httpx
             assert (await api.get_blob(url + "/blobs/b"))[1] == b"again"
         assert store.connections == 1
         monkeypatch.delenv("SSL_CERT_FILE")  # a certificate nobody vouches for is refused, not read

@@ -1,19 +1,22 @@
-"""Blob GETs read by the standard library's http.client in worker threads, without httpx's per-piece machinery.
+"""Blob GETs and PUTs sent with the standard library's http.client in worker threads, without httpx's
+per-piece machinery.
 
-A chunk GET moves up to 4 MiB. httpx hands a body up in 64 KiB pieces, each through h11's parser,
-several async generator layers and a timeout scope, and then joins them: on a 2-core machine that cost
-more CPU than hashing the same bytes, and a cold sequential read through the mount is CPU-bound. The
-BlobGetter sends such a GET with http.client in a trio worker thread (a blocking recv releases the GIL,
-so the trio thread keeps serving FUSE) and reads a Content-Length body with readinto straight into one
-buffer. Every body is bounded by the size the caller expects (the chunk's stored size), so a server
-claiming a huge length cannot make us allocate it.
+A chunk moves up to 4 MiB. httpx hands a body up in 64 KiB pieces, each through h11's parser, several
+async generator layers and a timeout scope, and then joins them: on a 2-core machine that cost more CPU
+than hashing the same bytes, and a cold sequential read through the mount is CPU-bound. Sending costs
+it less, but still about 0.9 ms of Python per 1 MiB PUT: a third of the client's CPU for an upload. Here
+a request runs with http.client in a trio worker thread (a blocking send or recv releases the GIL, so
+the trio thread keeps serving FUSE): a PUT body goes out in one `sendall`, a Content-Length answer is
+read with readinto straight into one buffer. Every answer is bounded by the size the caller expects
+(the chunk's stored size for a GET), so a server claiming a huge length cannot make us allocate it.
 
-The client (remote.client) uses it for GETs of signed blob URLs only; API calls and PUTs go through
-httpx, and so does everything when an HTTP proxy is set or a test transport is given. Its answer is an
+The client (remote.client) uses it for requests to signed blob URLs only; API calls go through httpx,
+and so does everything when an HTTP proxy is set or a test transport is given. Its answer is an
 ordinary httpx.Response and its failures httpx's transport errors, so the client's retries, error
 mapping and Expired handling see no difference. Idle connections are kept per (scheme, host, port) for
-reuse; one found closed by the server is dropped before use, and a GET that fails on a reused
-connection before any answer arrived is sent once more on a fresh one (as httpcore does).
+reuse; one found closed by the server is dropped before use, and a request that fails on a reused
+connection before any answer arrived is sent once more on a fresh one (as httpcore does): both blob
+requests are idempotent (a PUT stores the same bytes under the same name).
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from dataclasses import dataclass, field
 import httpx
 import trio
 
-__all__ = ["BODY_EXTENSION", "MAX_BLOB_BYTES", "BlobGetter", "body_of"]
+__all__ = ["BODY_EXTENSION", "MAX_BLOB_BYTES", "BlobHttp", "body_of"]
 
-# Response extension under which a BlobGetter answer carries its body as read (a bytearray).
+# Response extension under which a BlobHttp answer carries its body as read (a bytearray).
 BODY_EXTENSION = "drivefs.body"
 
 # Largest body accepted when the caller gives no bound: the largest stored chunk (server/limits.py
@@ -46,9 +49,9 @@ _Key = tuple[str, str, int]  # (scheme, host, port)
 
 @dataclass
 class _Conn:
-    """One kept-alive http.client connection, used by one GET at a time.
+    """One kept-alive http.client connection, used by one request at a time.
 
-    The worker thread owns it while a GET runs; if the trio task is cancelled meanwhile it is abandoned:
+    The worker thread owns it while a request runs; if the trio task is cancelled meanwhile it is abandoned:
     its socket is shut down (which wakes a blocked recv) and whichever side finishes last closes it."""
 
     http: http.client.HTTPConnection
@@ -75,13 +78,13 @@ class _Conn:
         return self._abandoned
 
     def start(self) -> bool:
-        """Called by the worker before its GET: False if the task gave up on it meanwhile."""
+        """Called by the worker before its request: False if the task gave up on it meanwhile."""
         with self._lock:
             self._busy = not self._abandoned
             return self._busy
 
     def finish(self) -> bool:
-        """Called by the worker when its GET ends: False if the GET was abandoned (then it is closed)."""
+        """Called by the worker when its request ends: False if it was abandoned (then it is closed)."""
         with self._lock:
             self._busy = False
             if self._abandoned:
@@ -114,43 +117,50 @@ class _Answer:
     keep: bool  # the connection can carry another request
 
 
-class BlobGetter:
-    """GETs of signed blob URLs (http and https), each body read into one buffer in a worker thread.
+class BlobHttp:
+    """GETs and PUTs of signed blob URLs (http and https), each run in a worker thread.
 
-    `get` answers an httpx.Response (body already read) or raises httpx's transport errors, so the
-    client's retry loop treats it like any other request. Idle connections are kept per scheme, host and
-    port; at most `max_idle_per_host` GETs run at once (each holds a worker thread).
+    `get` and `put` answer an httpx.Response (body already read) or raise httpx's transport errors, so the
+    client's retry loop treats them like any other request. Idle connections are kept per scheme, host and
+    port; at most `max_idle_per_host` requests run at once (each holds a worker thread).
     """
 
     def __init__(self, max_idle_per_host: int = 32) -> None:
         self._max_idle = max_idle_per_host
         self._idle: dict[_Key, list[_Conn]] = {}
         self._limiter = trio.CapacityLimiter(max_idle_per_host)
-        self._ssl: ssl.SSLContext | None = None  # made on the first https GET (loading CAs costs)
+        self._ssl: ssl.SSLContext | None = None  # made on the first https request (loading CAs costs)
 
     @staticmethod
     def handles(url: str) -> bool:
-        """Whether `get` can fetch this URL."""
+        """Whether `get` and `put` can send to this URL."""
         return url.startswith(("http://", "https://"))
 
     async def get(self, url: str, headers: Mapping[str, str], timeout: httpx.Timeout,
                   max_bytes: int | None = None) -> httpx.Response:
         """GET `url`. A 2xx body longer than `max_bytes` (default MAX_BLOB_BYTES) is refused with
         RemoteProtocolError before it is read or allocated; so is any other answer's beyond MAX_BLOB_BYTES."""
-        request = httpx.Request("GET", url, headers=headers)
+        bound = MAX_BLOB_BYTES if max_bytes is None else max_bytes
+        return await self._request(httpx.Request("GET", url, headers=headers), timeout, bound, None)
+
+    async def put(self, url: str, headers: Mapping[str, str], body: bytes, timeout: httpx.Timeout) -> httpx.Response:
+        """PUT `body` to `url` (with its Content-Length; any given is replaced)."""
+        return await self._request(httpx.Request("PUT", url, headers=headers), timeout, MAX_BLOB_BYTES, body)
+
+    async def _request(self, request: httpx.Request, timeout: httpx.Timeout, bound: int,
+                       body: bytes | None) -> httpx.Response:
         scheme = request.url.scheme
         key = (scheme, request.url.host, request.url.port or (443 if scheme == "https" else 80))
-        bound = MAX_BLOB_BYTES if max_bytes is None else max_bytes
         conn = self._take_idle(key)
         if conn is not None:
             try:
-                return await self._exchange(conn, key, request, timeout, bound)
+                return await self._exchange(conn, key, request, timeout, bound, body)
             except (httpx.RemoteProtocolError, httpx.WriteError):
                 if conn.answered:
                     raise
                 # The server closed the kept connection as we reused it: nothing was answered, so the
-                # GET goes once more on a fresh connection.
-        return await self._exchange(self._new_conn(key, timeout), key, request, timeout, bound)
+                # request goes once more on a fresh connection.
+        return await self._exchange(self._new_conn(key, timeout), key, request, timeout, bound, body)
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, {}
@@ -184,10 +194,10 @@ class BlobGetter:
         return _Conn(http.client.HTTPConnection(host, port, timeout=timeout.connect))
 
     async def _exchange(self, conn: _Conn, key: _Key, request: httpx.Request, timeout: httpx.Timeout,
-                        bound: int) -> httpx.Response:
-        """Run the GET on `conn` in a worker thread; the connection is kept if reusable."""
+                        bound: int, body: bytes | None) -> httpx.Response:
+        """Run the request on `conn` in a worker thread; the connection is kept if reusable."""
         try:
-            answer = await trio.to_thread.run_sync(_exchange_sync, conn, request, timeout, bound,
+            answer = await trio.to_thread.run_sync(_exchange_sync, conn, request, timeout, bound, body,
                                                    abandon_on_cancel=True, limiter=self._limiter)
         except trio.Cancelled:
             # The worker may still be blocked in recv: shut its socket so it ends, and never reuse it.
@@ -201,7 +211,7 @@ class BlobGetter:
 
 
 def body_of(response: httpx.Response) -> bytes | bytearray:
-    """The body of a response, from the BlobGetter (as it was read, without a copy) or from httpx."""
+    """The body of a response, from BlobHttp (as it was read, without a copy) or from httpx."""
     body = response.extensions.get(BODY_EXTENSION)
     return body if isinstance(body, bytearray) else response.content
 
@@ -224,22 +234,41 @@ def _response(answer: _Answer, request: httpx.Request) -> httpx.Response:
 # ---- in the worker thread ---------------------------------------------------------------------------
 
 
-def _exchange_sync(conn: _Conn, request: httpx.Request, timeout: httpx.Timeout, bound: int) -> _Answer:
-    """Send the GET and read the whole answer, mapping failures to httpx's transport errors. The
+def _exchange_sync(conn: _Conn, request: httpx.Request, timeout: httpx.Timeout, bound: int,
+                   body: bytes | None) -> _Answer:
+    """Send the request and read the whole answer, mapping failures to httpx's transport errors. The
     connection is closed on any failure (and when abandoned); the caller keeps it if `keep`."""
     if not conn.start():
-        raise httpx.ConnectError("the GET was given up before it started", request=request)
+        raise httpx.ConnectError(f"the {request.method} was given up before it started", request=request)
     ok = False
     try:
         _connect(conn, request, timeout.connect)
         if conn.abandoned:  # cancelled while connecting: there was no socket to shut down then
-            raise httpx.ConnectError("the GET was given up while connecting", request=request)
-        _send(conn, request, timeout.write)
-        answer = _receive(conn, request, timeout.read, bound)
+            raise httpx.ConnectError(f"the {request.method} was given up while connecting", request=request)
+        try:
+            _send(conn, request, timeout.write, body)
+        except httpx.WriteError as e:
+            # A store may answer a PUT before reading its body (an expired URL, a body too large) and
+            # close: that answer, if it came, says more than the broken pipe it left (httpcore does so).
+            answer = _early_answer(conn, request, bound, e)
+        else:
+            answer = _receive(conn, request, timeout.read, bound)
         ok = True
     finally:
         if not conn.finish() or not ok:
             conn.http.close()
+    return answer
+
+
+def _early_answer(conn: _Conn, request: httpx.Request, bound: int, failure: httpx.WriteError) -> _Answer:
+    """The answer the server sent before the request was sent whole, if it is there at once; else the
+    write's own failure. The connection is not kept either way."""
+    try:
+        answer = _receive(conn, request, 0.5, bound)
+    except httpx.TransportError:
+        conn.answered = False  # no answer to go by: the request may be sent again on a fresh connection
+        raise failure from None
+    answer.keep = False
     return answer
 
 
@@ -255,21 +284,23 @@ def _connect(conn: _Conn, request: httpx.Request, timeout: float | None) -> None
         raise httpx.ConnectError(f"cannot connect to {where}: {e}", request=request) from None
 
 
-def _send(conn: _Conn, request: httpx.Request, timeout: float | None) -> None:
+def _send(conn: _Conn, request: httpx.Request, timeout: float | None, body: bytes | None) -> None:
     h = conn.http
     try:
         h.sock.settimeout(timeout)
-        h.putrequest("GET", request.url.raw_path.decode("ascii"), skip_accept_encoding=True)
+        h.putrequest(request.method, request.url.raw_path.decode("ascii"), skip_accept_encoding=True)
         # identity: chunks are compressed (or not) by us when stored; nothing on top in transit.
         h.putheader("Accept-Encoding", "identity")
         for name, value in request.headers.raw:  # as the caller spelled them
-            if name.lower() not in (b"host", b"accept-encoding"):
+            if name.lower() not in (b"host", b"accept-encoding", b"content-length"):
                 h.putheader(name.decode("latin-1"), value)
-        h.endheaders()
+        if body is not None:
+            h.putheader("Content-Length", str(len(body)))
+        h.endheaders(body)
     except TimeoutError:
-        raise httpx.WriteTimeout("sending a blob GET timed out", request=request) from None
+        raise httpx.WriteTimeout(f"sending a blob {request.method} timed out", request=request) from None
     except (OSError, http.client.HTTPException) as e:
-        raise httpx.WriteError(f"sending a blob GET failed: {e}", request=request) from None
+        raise httpx.WriteError(f"sending a blob {request.method} failed: {e}", request=request) from None
 
 
 def _receive(conn: _Conn, request: httpx.Request, timeout: float | None, bound: int) -> _Answer:
@@ -279,7 +310,7 @@ def _receive(conn: _Conn, request: httpx.Request, timeout: float | None, bound: 
         try:
             resp = h.getresponse()
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
-            # Closed before any answer: the caller may send the GET again on a fresh connection.
+            # Closed before any answer: the caller may send the request again on a fresh connection.
             raise httpx.RemoteProtocolError(f"the server closed the connection: {e}", request=request) from None
         conn.answered = True
         limit = bound if 200 <= resp.status < 300 else MAX_BLOB_BYTES
