@@ -6,7 +6,7 @@ async generator layers and a timeout scope, and then joins them: on a 2-core mac
 than hashing the same bytes, and a cold sequential read through the mount is CPU-bound. Sending costs
 it less, but still about 0.9 ms of Python per 1 MiB PUT: a third of the client's CPU for an upload. Here
 a request runs with http.client in a trio worker thread (a blocking send or recv releases the GIL, so
-the trio thread keeps serving FUSE): a PUT body goes out in one `sendall`, a Content-Length answer is
+the trio thread keeps serving FUSE): a PUT body goes out in a few large sends, a Content-Length answer is
 read with readinto straight into one buffer. Every answer is bounded by the size the caller expects
 (the chunk's stored size for a GET), so a server claiming a huge length cannot make us allocate it.
 
@@ -43,6 +43,9 @@ MAX_BLOB_BYTES = 4 * 2**20 + 64 * 2**10
 
 # Bytes asked for per read of a body whose length is not announced (chunked or up to EOF).
 _PIECE = 1 * 2**20
+# Bytes handed to the socket per send of a PUT body. The write timeout bounds each send (sendall's timeout
+# bounds the whole call), so a slow link still moves a 4 MiB chunk if it moves this much per timeout.
+_SEND_PIECE = 256 * 2**10
 
 _Key = tuple[str, str, int]  # (scheme, host, port)
 
@@ -52,7 +55,7 @@ class _Conn:
     """One kept-alive http.client connection, used by one request at a time.
 
     The worker thread owns it while a request runs; if the trio task is cancelled meanwhile it is abandoned:
-    its socket is shut down (which wakes a blocked recv) and whichever side finishes last closes it."""
+    its socket is shut down (which wakes a blocked send or recv) and whichever side finishes last closes it."""
 
     http: http.client.HTTPConnection
     # Set once any byte of an answer arrived: failures after that are not resent on a fresh connection.
@@ -200,7 +203,7 @@ class BlobHttp:
             answer = await trio.to_thread.run_sync(_exchange_sync, conn, request, timeout, bound, body,
                                                    abandon_on_cancel=True, limiter=self._limiter)
         except trio.Cancelled:
-            # The worker may still be blocked in recv: shut its socket so it ends, and never reuse it.
+            # The worker may still be blocked in send or recv: shut its socket so it ends, never reuse it.
             conn.abandon()
             raise
         if answer.keep:
@@ -296,7 +299,11 @@ def _send(conn: _Conn, request: httpx.Request, timeout: float | None, body: byte
                 h.putheader(name.decode("latin-1"), value)
         if body is not None:
             h.putheader("Content-Length", str(len(body)))
-        h.endheaders(body)
+        h.endheaders()
+        if body:
+            with memoryview(body) as view:
+                for at in range(0, len(view), _SEND_PIECE):
+                    h.sock.sendall(view[at:at + _SEND_PIECE])
     except TimeoutError:
         raise httpx.WriteTimeout(f"sending a blob {request.method} timed out", request=request) from None
     except (OSError, http.client.HTTPException) as e:

@@ -28,6 +28,7 @@ from remote.models import SignedUrl
 CLOSE = b"<close>"  # answer: read the request, then close the connection without a word
 STALL = b"<stall>"  # answer: headers and a little of the body, then nothing for 2 s
 HANG = b"<hang>"  # answer: headers and a little of the body, then nothing until the client closes
+SLOW = b"<slow>"  # the first 3/4 of the request's body are read 64 KiB per 10 ms, then the next answer
 EARLY = b"<early>"  # the next answer goes out before the request's body is read, then the connection closes
 
 
@@ -77,9 +78,15 @@ class Canned:
                 if answer == EARLY:
                     conn.sendall(self.answers.pop(0))
                     return
+                slow = answer == SLOW
+                if slow:
+                    answer = self.answers.pop(0)
                 length = _content_length(head)
                 while len(buf) < length:
-                    more = conn.recv(1 << 20)
+                    dawdle = slow and len(buf) < length * 3 // 4
+                    if dawdle:
+                        time.sleep(0.01)
+                    more = conn.recv(65536 if dawdle else 1 << 20)
                     if not more:
                         return
                     buf += more
@@ -169,6 +176,16 @@ async def test_a_put_on_a_kept_connection_the_server_dropped_goes_again_on_a_fre
         assert api.statistics().retries == 0
     # The dropped connection took the second PUT unanswered; it went whole again on the fresh one.
     assert canned.connections == 2 and canned.bodies == [b"one", b"two" * 100_000, b"two" * 100_000]
+
+
+async def test_a_put_to_a_slow_reader_times_out_per_send_not_per_body(canned):
+    # 12 MiB read at ~6 MB/s take ~2 s, far beyond the 0.5 s timeout, yet every piece is taken within
+    # it: the timeout bounds each wait to send, as httpx's does, so a slow link still moves a big chunk.
+    body = os.urandom(16 * 2**20)
+    canned.answers += [SLOW, CREATED]
+    async with client(canned, timeout=0.5) as api:
+        await api.put_blob("/blobs/a?sig=1", body)
+    assert canned.bodies == [body]
 
 
 async def test_an_answer_sent_before_a_put_body_was_read_is_the_answer(canned):
