@@ -182,15 +182,17 @@ class Tree:
             size: int = 0, mtime_ns: int | None = None, ctime_ns: int | None = None, version: int = 0,
             target: str | None = None, owner: str | None = None, access: str = "owner",
             listed: bool = False, local_data: bool = False, content_hash: str | None = None,
-            content_gen: int = 0) -> Entry:
+            content_gen: int = 0, inode: int | None = None) -> Entry:
+        """Insert a row and return its entry; under the next inode number, or under `inode` when putting
+        back a row made before a crash."""
         now = time.time_ns()
         with self.index.transaction():
             self.conn.execute(
-                "INSERT INTO inodes(node_id, parent_inode, name, kind, mode, size, mtime_ns, ctime_ns, version,"
-                " target, owner, access, listed, local_data, content_hash, content_gen)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (node_id, parent_inode, name, kind, mode, size, mtime_ns or now, ctime_ns or now, version, target,
-                 owner, access, int(listed), int(local_data), content_hash, content_gen))
+                "INSERT INTO inodes(inode, node_id, parent_inode, name, kind, mode, size, mtime_ns, ctime_ns,"
+                " version, target, owner, access, listed, local_data, content_hash, content_gen)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (inode, node_id, parent_inode, name, kind, mode, size, mtime_ns or now, ctime_ns or now, version,
+                 target, owner, access, int(listed), int(local_data), content_hash, content_gen))
             inode = self.conn.last_insert_rowid()
         entry = self.get(inode)
         assert entry is not None
@@ -267,10 +269,8 @@ class Tree:
         if r["t"] == "create":
             if self.conn.execute("SELECT 1 FROM inodes WHERE inode = ?", (r["inode"],)).fetchone():
                 return  # the row is there already (cannot happen while seqs are never reused)
-            self.conn.execute(
-                "INSERT INTO inodes(inode, parent_inode, name, kind, mode, mtime_ns, ctime_ns, owner, access,"
-                " local_data, content_gen) VALUES (?, ?, ?, 'file', ?, ?, ?, ?, ?, 1, 1)",
-                (r["inode"], r["parent"], r["name"], r["mode"], r["mtime"], r["ctime"], r["owner"], r["access"]))
+            self.add(r["parent"], r["name"], "file", r["mode"], mtime_ns=r["mtime"], ctime_ns=r["ctime"],
+                     owner=r["owner"], access=r["access"], local_data=True, content_gen=1, inode=r["inode"])
             self.enqueue("create", r["inode"], r["parent"], r["name"], seq=r["seq"])
             log.info("put back new file %r (inode %d), made just before the last stop", r["name"], r["inode"])
         elif r["t"] == "setattr":
