@@ -202,16 +202,16 @@ class ApiClient:
         extra: dict[str, Any] = {}
         if timeout is not None:
             extra["timeout"] = timeout
+        direct = self._blobs if blob and self._blobs is not None and self._blobs.handles(url) else None
         while True:
             self._counters.requests += 1
             retry_after = 0.0
             try:
-                if blob and self._blobs is not None and self._blobs.handles(url):
-                    if method == "PUT":
-                        resp = await self._blobs.put(url, headers or {}, content or b"", timeout or self._http.timeout)
-                    else:
-                        resp = await self._blobs.get(url, headers or {}, timeout or self._http.timeout,
-                                                     max_bytes=blob_max_bytes)
+                if direct is not None and method == "PUT":
+                    resp = await direct.put(url, headers or {}, content or b"", timeout or self._http.timeout)
+                elif direct is not None and method == "GET":
+                    resp = await direct.get(url, headers or {}, timeout or self._http.timeout,
+                                            max_bytes=blob_max_bytes)
                 else:
                     resp = await self._http.request(method, url, headers=headers, params=params, json=json,
                                                     content=content, **extra)
