@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,7 @@ __all__ = [
     "hash_bytes",
     "is_chunk_hash",
     "manifest_of",
+    "recut",
 ]
 
 MIN_CHUNK = 256 * 1024
@@ -168,3 +170,58 @@ def chunk_file(path: str | os.PathLike[str]) -> Iterator[tuple[ChunkRef, bytes]]
 def manifest_of(path: str | os.PathLike[str]) -> list[ChunkRef]:
     """The ordered chunk refs of the file at `path`, without keeping any chunk bytes."""
     return [ref for ref, _data in chunk_file(path)]
+
+
+def recut(f: BinaryIO, size: int, known: Sequence[ChunkRef],
+          changed: Sequence[tuple[int, int]]) -> Iterator[tuple[ChunkRef, memoryview | None]]:
+    """The chunks of the seekable file `f` (`size` bytes now), given that it held the chunk list `known`
+    except in the `changed` [start, end) ranges and past the list's end; as chunk_views yields them,
+    but a known chunk no change touches comes as it is, with None for its bytes.
+
+    Only the rest is read, cut and hashed: from the start of each known chunk a change touches, until a
+    cut lands on the start of a known chunk that can be taken again. That gives the very list a cut of
+    the whole file would, because a cut point depends only on the bytes since the previous one.
+    """
+    spans = _merged(changed)
+    starts = [start for start, _end in spans]
+    old_end = known[-1].offset + known[-1].size if known else 0
+
+    def reusable(ref: ChunkRef | None) -> bool:
+        if ref is None:
+            return False
+        end = ref.offset + ref.size
+        # The old last chunk ended where the old file did, not where its bytes said: only a file that
+        # ends there too cuts it the same.
+        if end > size or (end == old_end and end != size):
+            return False
+        i = bisect.bisect_left(starts, end)  # spans starting before this chunk's end
+        return i == 0 or spans[i - 1][1] <= ref.offset
+
+    by_start = {ref.offset: ref for ref in known}
+    pos = 0
+    while pos < size:
+        ref = by_start.get(pos)
+        if reusable(ref):
+            assert ref is not None
+            yield ref, None
+            pos += ref.size
+            continue
+        f.seek(pos)
+        for cut, view in chunk_views(f):
+            yield ChunkRef(offset=pos + cut.offset, size=cut.size, hash=cut.hash), view
+            if reusable(by_start.get(pos + cut.offset + cut.size)):
+                break
+        else:
+            return  # the end of the file (which the caller checks against `size`)
+        pos += cut.offset + cut.size
+
+
+def _merged(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ranges sorted, with overlapping or adjacent ones joined, and empty ones left out."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(r for r in ranges if r[1] > r[0]):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out

@@ -1,4 +1,4 @@
-"""Content-defined chunking: bounds, reassembly, determinism, locality of edits, bounded memory."""
+"""Content-defined chunking: bounds, reassembly, determinism, locality of edits, bounded memory, recuts."""
 
 import hashlib
 import io
@@ -22,6 +22,7 @@ from cache.chunker import (
     hash_bytes,
     is_chunk_hash,
     manifest_of,
+    recut,
 )
 
 MiB = 2**20
@@ -255,3 +256,109 @@ def test_chunking_a_large_file_keeps_memory_bounded(tmp_path):
     assert count >= size // MAX_CHUNK
     assert (after_kib - before_kib) * 1024 < 48 * MiB
     assert after_kib * 1024 < 120 * MiB
+
+
+# ---- recut: only the changed parts of a file cut again ------------------------------------------------
+
+_END = 2**62  # "to the end of the file", as a truncation records it
+
+
+class CountingFile(io.BytesIO):
+    """A file that counts the bytes read from it."""
+
+    read_bytes = 0
+
+    def read(self, n=-1):
+        data = super().read(n)
+        self.read_bytes += len(data)
+        return data
+
+    def readinto(self, buf):
+        n = super().readinto(buf)
+        self.read_bytes += n
+        return n
+
+
+def edited(data: bytes, edits: list[tuple]) -> tuple[bytes, list[tuple[int, int]]]:
+    """Apply ("write", offset, bytes) and ("truncate", size) edits; return the result and the ranges a
+    mount records for them."""
+    buf, changed = bytearray(data), []
+    for edit in edits:
+        if edit[0] == "write":
+            _, offset, part = edit
+            if offset > len(buf):
+                buf.extend(bytes(offset - len(buf)))
+            buf[offset:offset + len(part)] = part
+            changed.append((offset, offset + len(part)))
+        else:
+            _, size = edit
+            del buf[size:]
+            buf.extend(bytes(size - len(buf)))
+            changed.append((size, _END))
+    return bytes(buf), changed
+
+
+def recut_refs(new: bytes, old: bytes, changed) -> tuple[list[ChunkRef], list[bool], int]:
+    f = CountingFile(new)
+    out = list(recut(f, len(new), refs_of(old), changed))
+    return [ref for ref, _ in out], [view is None for _, view in out], f.read_bytes
+
+
+def refs_of(data: bytes) -> list[ChunkRef]:
+    return [ref for ref, _ in chunk_views(io.BytesIO(data))]
+
+
+# Where an edit lands is drawn as a fraction of the file's size (up to 1.2: past its end), so that
+# edits fall inside files of every size rather than mostly past the end of small ones.
+edits_strategy = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), st.integers(0, 1200), st.integers(1, 600 * 1024), st.integers(0, 2**32)),
+        st.tuples(st.just("truncate"), st.integers(0, 1200)),
+    ),
+    min_size=0, max_size=4,
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(size=st.one_of(st.integers(3 * MiB, 10 * MiB), st.integers(0, 2 * MiB)), seed=st.integers(0, 2**32),
+       edits=edits_strategy)
+def test_recut_gives_the_chunks_of_a_whole_cut(size, seed, edits):
+    old = random_bytes(size, seed)
+    at = lambda permille: size * permille // 1000  # noqa: E731
+    steps = [("truncate", at(e[1])) if e[0] == "truncate" else ("write", at(e[1]), random_bytes(e[2], e[3]))
+             for e in edits]
+    new, changed = edited(old, steps)
+    refs, reused, _ = recut_refs(new, old, changed)
+    assert refs == refs_of(new)
+    old_refs = set(refs_of(old))
+    assert all(ref in old_refs for ref, again in zip(refs, reused) if again)
+
+
+def test_recut_of_one_changed_byte_reads_a_few_chunks_and_takes_the_rest_as_known():
+    old = random_bytes(48 * MiB, 7)
+    new, changed = edited(old, [("write", 20 * MiB, b"x")])
+    refs, reused, read = recut_refs(new, old, changed)
+    assert refs == refs_of(new)
+    assert read <= 3 * MAX_CHUNK  # the cutter reads ahead up to 2 * MAX_CHUNK past where it starts
+    assert 1 <= reused.count(False) <= 3 and reused.count(True) >= len(refs) - 3
+
+
+def test_recut_of_an_append_cuts_from_the_old_last_chunk_on():
+    old = random_bytes(30 * MiB, 8)
+    new, changed = edited(old, [("write", len(old), random_bytes(3 * MiB, 9))])
+    refs, reused, read = recut_refs(new, old, changed)
+    assert refs == refs_of(new)
+    assert read <= 3 * MAX_CHUNK + 3 * MiB
+    old_refs = refs_of(old)
+    assert refs[:len(old_refs) - 1] == old_refs[:-1] and all(reused[:len(old_refs) - 1])
+
+
+def test_recut_with_nothing_changed_reads_nothing_and_a_truncation_cuts_the_tail_again():
+    old = random_bytes(20 * MiB, 10)
+    refs, reused, read = recut_refs(old, old, [])
+    assert refs == refs_of(old) and all(reused) and read == 0
+    # Cut to 5 MiB, then grown back with zeros: everything from the cut on is new.
+    new, changed = edited(old, [("truncate", 5 * MiB), ("truncate", 20 * MiB)])
+    refs, reused, _ = recut_refs(new, old, changed)
+    assert refs == refs_of(new)
+
