@@ -217,6 +217,9 @@ class Mount:
                 "cache_bytes": usage.bytes + local, "cache_limit": self.cfg.cache_limit,
                 # Bytes received from the blob store since the mount started (whole chunks and ranges).
                 "fetched_bytes": self.transfer.statistics().bytes_received,
+                # Bytes read, cut and hashed to upload since the mount started (an edit's commit cuts
+                # only around what changed).
+                "cut_bytes": self.transfer.statistics().bytes_cut,
                 "pinned": self._pinned_totals(await self.pinner.summaries()),
                 "last_sync": s.last_sync, "last_error": s.last_error,
                 "uploading": {"name": s.uploading} if s.uploading else {}}

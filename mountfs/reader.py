@@ -16,6 +16,7 @@ from cachetools import LRUCache
 
 from cache.blocks import BLOCK_BYTES, block_range
 from cache.chunkcache import ChunkCache
+from cache.chunker import ChunkRef
 from cache.tree import Entry, Tree
 from remote import errors as rerr
 from remote.transfer import pwrite_all
@@ -65,6 +66,13 @@ class Layout:
             starts.append(pos)
             pos += size
         return cls(version, starts, [h for h, _ in chunks], [s for _, s in chunks])
+
+    @property
+    def size(self) -> int:
+        return self.starts[-1] + self.sizes[-1] if self.starts else 0
+
+    def refs(self) -> list[ChunkRef]:
+        return [ChunkRef(offset=o, size=n, hash=h) for o, n, h in zip(self.starts, self.sizes, self.hashes)]
 
     def span(self, offset: int, length: int) -> range:
         """Indices of the chunks overlapping [offset, offset + length)."""
@@ -119,13 +127,13 @@ class Reader:
         self._layouts[(e.inode, version)] = layout
         return layout
 
-    async def copy_to(self, e: Entry, fd: int) -> int:
+    async def copy_to(self, e: Entry, fd: int) -> Layout:
         """Write the entry's whole current version into `fd` (at the same offsets): the chunks already
         cached read from the cache, the others fetched several at a time, each written as it arrives.
-        Returns the size written. For a file about to be written in place: one pipeline, not a loop of
-        sequential reads that each wait for their own fetch, and the fetched chunks are not also written
-        into the chunk cache (the local copy holds the bytes; once it is committed the cache can be
-        filled again by reads)."""
+        Returns the layout written (its end is the size). For a file about to be written in place: one
+        pipeline, not a loop of sequential reads that each wait for their own fetch, and the fetched chunks
+        are not also written into the chunk cache (the local copy holds the bytes; once it is committed
+        the cache can be filled again by reads)."""
         layout = await self.layout(e)
         at: dict[str, list[int]] = {}
         for h, start in zip(layout.hashes, layout.starts):
@@ -144,12 +152,12 @@ class Reader:
                 await self.fetch(e.node_id, layout.version, chunks, write, (), store=False)
             except rerr.RemoteError as exc:
                 raise FsError(errno.EIO, f"cannot fetch data of {e.name!r}: {exc}") from None
-        return layout.starts[-1] + layout.sizes[-1] if layout.starts else 0
+        return layout
 
     async def read(self, e: Entry, offset: int, size: int, sequential: bool = False,
                    version: int | None = None) -> bytes:
         layout = await self.layout(e, version)
-        total = layout.starts[-1] + layout.sizes[-1] if layout.starts else 0
+        total = layout.size
         if offset >= total or size <= 0:
             return b""
         size = min(size, total - offset)

@@ -650,14 +650,21 @@ class Syncer:
         gen = self.vfs.live_gen(e.inode)
         path = self.tree.data_path(e.inode)
         mtime_ns = os.stat(path).st_mtime_ns
+        base = target.get("base_version")
+        known = self.vfs.edits.take(e.inode, base, gen) if base is not None else None
+        cut: list[tuple[Any, Any]] = []
         self.uploading = e.name
         try:
             node = await self.transfer.upload_file(
                 path, mode=e.mode, mtime_ns=mtime_ns, index=self.tree.index, upload_key=f"inode:{e.inode}",
-                **target)
+                known=known, on_committed=lambda refs, file_id: cut.append((refs, file_id)), **target)
         finally:
             self.uploading = None
         self._committed(e.inode, node, gen)
+        if cut and self.vfs.live_gen(e.inode) == gen:  # the next commit cuts only what changes from here
+            self.vfs.edits.known(e.inode, node.version, cut[0][0], cut[0][1], gen)
+        else:
+            self.vfs.edits.drop(e.inode)
         log.info("committed %r as version %d (%d bytes)", e.name, node.version, node.size)
         return node
 

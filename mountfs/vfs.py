@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import trio
 
+from cache.edits import TO_END, Edits
 from cache.spares import SpareFiles
 from cache.tree import ROOT_INODE, SHARED_INODE, SHARED_NAME, Entry, Tree
 from remote import errors as rerr
@@ -112,6 +113,7 @@ class Vfs:
         self.wake_syncer = wake_syncer
         self.user = user
         self.live = LiveState()
+        self.edits = Edits()
         self._handles: dict[int, Handle] = {}
         self._next_fh = 1
         self._listing_locks: dict[int, trio.Lock] = {}
@@ -291,6 +293,7 @@ class Vfs:
         self.live.known_dirty.discard(inode)  # the number may be used again
         self.live.stat.pop(inode, None)
         self.live.unpersisted.discard(inode)
+        self.edits.drop(inode)
 
     # ---- changing the tree ---------------------------------------------------------------------
 
@@ -502,12 +505,14 @@ class Vfs:
             with self.tree.index.transaction():  # a new, empty local copy and dirty, at once
                 self.tree.update(e.inode, local_data=True)
                 self._touched(e.inode)
+            self.edits.note(e.inode, 0, TO_END, self.live.gen[e.inode])
             return
         if size != 0:
             await self.materialize(e)
         # Marked dirty before the local copy changes: killed in between, the index must not call a
         # truncated copy clean (the mount would show the cut bytes and never upload them).
         self._touched(e.inode)
+        self.edits.note(e.inode, size, TO_END, self.live.gen[e.inode])
         if size == 0:
             with open(path, "wb"):
                 pass
@@ -572,6 +577,7 @@ class Vfs:
         # Marked dirty before the bytes land: neither a kill in between nor an index that cannot record
         # it (cache disk full: the write then fails with nothing written) leaves changed bytes clean.
         self._touched(h.inode)
+        self.edits.note(h.inode, offset, offset + len(data), self.live.gen[h.inode])
         h.wrote = True
         try:
             n = os.pwrite(fd, data, offset)
@@ -601,10 +607,13 @@ class Vfs:
             return
         path = self.tree.data_path(e.inode)
         tmp = path.with_name(path.name + ".part")
+        layout = None
         try:
             with open(tmp, "wb") as f:
                 if e.size and e.node_id is not None:
-                    f.truncate(await self.reader.copy_to(e, f.fileno()))
+                    layout = await self.reader.copy_to(e, f.fileno())
+                    f.truncate(layout.size)
+                st = os.fstat(f.fileno())
             os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns))
             os.replace(tmp, path)
         except BaseException:
@@ -612,6 +621,8 @@ class Vfs:
             raise
         self.live.stat.pop(e.inode, None)
         self.tree.update(e.inode, local_data=True)
+        if layout is not None:  # the first commit after this write cuts only what the writes change
+            self.edits.known(e.inode, layout.version, layout.refs(), (st.st_dev, st.st_ino), self.live_gen(e.inode))
 
     def _persist(self, inode: int) -> None:
         """Record the local copy's size and mtime in the index (at fsync, and for closed writers in

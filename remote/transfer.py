@@ -4,7 +4,7 @@ when it pays, verified, in parallel, and resumable after a crash.
 Upload (`Transfer.upload_file`):
 
 1. Scan and send in one pass: a worker thread cuts the file into content-defined chunks and hashes
-   them (cache.chunker) and the whole file (SHA-256), and passes each chunk's ref on as it is cut to a
+   them (cache.chunker), and passes each chunk's ref on as it is cut to a
    router, which asks the server which of a batch it lacks (POST /chunks/missing: deduplicated against
    what this user can already read), gets signed PUT URLs and hands them to parallel putters. So the
    first PUT starts while the rest of the file is still being cut, and each chunk is hashed once:
@@ -18,6 +18,9 @@ Upload (`Transfer.upload_file`):
    (FileChanged if it was written meanwhile). zstd is tried only on chunks whose sample compresses
    (see _packable), and kept when it saves at least 10%; those chunks are read and compressed before
    their URL is asked for, since the stored size is signed into it.
+   A new version of a file whose local copy is known to match its base version's chunk list except in
+   some ranges (`known`, cache.edits) is cut again only there (cache.chunker.recut): the chunks no
+   change touched are taken as they are, without reading them, and the server already has them.
 2. Session: open an upload session with the manifest (POST /uploads); every chunk is on the server by
    now, so its missing list is normally empty. With an Index and an upload key the session id and the
    target (which holds the content hash) are saved, so a rerun after a crash between opening and
@@ -54,7 +57,8 @@ from cachetools import LRUCache
 
 from cache.blocks import BlockMap, block_range, runs
 from cache.chunkcache import ChunkCache
-from cache.chunker import MIN_CHUNK, ChunkRef, chunk_views, content_hash, hash_bytes
+from cache.chunker import MIN_CHUNK, ChunkRef, chunk_views, content_hash, hash_bytes, recut
+from cache.edits import FileId, KnownContent
 from cache.index import Index
 
 from . import errors
@@ -117,6 +121,7 @@ class TransferStatistics:
     plain_bytes_received: int
     chunks_from_cache: int
     ranges_received: int
+    bytes_cut: int  # plain bytes read, cut and hashed to upload files (a recut reads only what changed)
 
 
 @dataclass
@@ -131,6 +136,7 @@ class _Counters:
     plain_bytes_received: int = 0
     chunks_from_cache: int = 0
     ranges_received: int = 0  # ranged GETs of blocks of a chunk (their bytes count in bytes_received)
+    bytes_cut: int = 0
 
 
 @dataclass(frozen=True)
@@ -200,8 +206,14 @@ class Transfer:
         upload_key: str | None = None,
         progress: Progress | None = None,
         concurrency: int | None = None,
+        known: KnownContent | None = None,
+        on_committed: Callable[[tuple[ChunkRef, ...], FileId], None] | None = None,
     ) -> Node:
         """Upload the file at `path` as a new file (parent_id + name) or a new version (node_id + base_version).
+
+        `known`: what is known of a new version's bytes (its base version's chunk list and the ranges
+        changed since, for the file `known.file_id`), so that only those ranges are cut again; ignored
+        for another file. `on_committed(refs, file_id)` is told the committed chunk list and of which file.
 
         With `index`, the upload's state is kept under `upload_key` (default: the file's absolute path)
         so a run killed midway resumes: call again with the same key. Raises VersionConflict when the
@@ -225,12 +237,15 @@ class Transfer:
                 except errors.VersionConflict:
                     self._forget(index, key)
                     raise
+            if known is not None and (node_id is None or known.file_id != _file_id(before)):
+                known = None
             if before.st_size <= SMALL_FILE_BYTES:
                 # One chunk: the session's answer says whether it is missing and _commit sends it, so the
                 # pass needs no /chunks/missing request of its own, nor a worker thread to cut in.
                 scan = _cut_small(f)
+                self._counters.bytes_cut += scan.size
             else:
-                scan = await self._scan_and_send(f, workers, report)
+                scan = await self._scan_and_send(f, workers, report, known)
             if _identity(os.fstat(f.fileno())) != _identity(before) or scan.size != before.st_size:
                 raise errors.FileChanged(f"{path} changed while it was being uploaded; upload it again")
             target: dict[str, Any] = {"node_id": node_id, "base_version": base_version, "parent_id": parent_id,
@@ -243,6 +258,8 @@ class Transfer:
                 log.info("resuming upload %s: %d chunks still missing", key, len(session.missing))
             node = await self._commit(f.fileno(), index, key, session, scan, target, workers)
         self._forget(index, key)
+        if on_committed is not None:
+            on_committed(scan.refs, _file_id(before))
         report.finish(scan.size)
         return node
 
@@ -315,16 +332,21 @@ class Transfer:
                 index.drop_upload(key)
                 index.delete_kv(_target_key(key))
 
-    async def _scan_and_send(self, f: BinaryIO, workers: int, report: _Progress) -> _Scan:
-        """Cut and hash the open file, sending each chunk the server lacks while the rest is still being
-        cut (at most `workers` PUTs at a time); the refs and the whole file's hash are the result."""
+    async def _scan_and_send(self, f: BinaryIO, workers: int, report: _Progress,
+                             known: KnownContent | None) -> _Scan:
+        """Cut and hash the open file (with `known`: only what changed), sending each chunk the server
+        lacks while the rest is still being cut (at most `workers` PUTs at a time); the refs and the
+        content hash are the result."""
         fd = f.fileno()
         level = self.zstd_level
         scans: list[_Scan] = []
 
         async def cut(out: trio.MemorySendChannel[_Cut]) -> None:
             async with out:
-                scans.append(await trio.to_thread.run_sync(_cut, f, out))
+                scan, read = await trio.to_thread.run_sync(_cut, f, out, known)
+                self._counters.bytes_cut += read
+                report.add(scan.size - read)  # the chunks taken as known: the server has them
+                scans.append(scan)
 
         async def route(inp: trio.MemoryReceiveChannel[_Cut], out: trio.MemorySendChannel[_Signed]) -> None:
             handled: set[str] = set()  # hashes already sent or found on the server in this pass
@@ -729,15 +751,43 @@ def _target_json(target: dict[str, Any]) -> str:
     return json.dumps(target, sort_keys=True, separators=(",", ":"))
 
 
-def _cut(f: BinaryIO, out: trio.MemorySendChannel[_Cut]) -> _Scan:
+def _cut(f: BinaryIO, out: trio.MemorySendChannel[_Cut], known: KnownContent | None) -> tuple[_Scan, int]:
     """(In a worker thread.) Cut and hash the file, passing each chunk's ref to `out` as soon as it is cut;
-    the result holds all refs and the file's content hash. The bytes are not kept: the chunks to send are
-    read again just before their PUT, from the page cache this pass just filled."""
-    refs = []
-    for ref, view in chunk_views(f):
+    the result holds all refs and the file's content hash, and how many bytes were cut. The bytes are
+    not kept: the chunks to send are read again just before their PUT, from the page cache this pass
+    just filled. With `known`, only the changed parts are cut; a chunk taken as known is not passed on
+    (it is its base version's, so the server has it: were it missing, the commit would send it, checked
+    against its hash)."""
+    size = os.fstat(f.fileno()).st_size
+    if known is not None and not _spot_check(f.fileno(), known, size):
+        known = None
+    pieces = recut(f, size, known.refs, known.changed) if known is not None else chunk_views(f)
+    refs, read = [], 0
+    for ref, view in pieces:
         refs.append(ref)
-        trio.from_thread.run(out.send, _Cut(ref, _packable(view)))
-    return _scan_of(refs)
+        if view is not None:
+            read += ref.size
+            trio.from_thread.run(out.send, _Cut(ref, _packable(view)))
+    return _scan_of(refs), read
+
+
+# Unchanged chunks checked against their hash before a recut takes them as known: a change that
+# reached the file without being noted would show here (and in tests) rather than go unseen.
+SPOT_CHECKS = 2
+
+
+def _spot_check(fd: int, known: KnownContent, size: int) -> bool:
+    """Whether a few chunks the changes did not touch still hash to their names (read, ~1 ms each)."""
+    def untouched(r: ChunkRef) -> bool:
+        return r.offset + r.size <= size and not any(s < r.offset + r.size and r.offset < e for s, e in known.changed)
+
+    picks = secrets.SystemRandom().sample(known.refs, min(4 * SPOT_CHECKS, len(known.refs)))
+    for ref in [r for r in picks if untouched(r)][:SPOT_CHECKS]:
+        if hash_bytes(os.pread(fd, ref.size, ref.offset)) != ref.hash:
+            log.error("the local copy changed where no change was noted (chunk at offset %d); cutting all "
+                      "of it", ref.offset)
+            return False
+    return True
 
 
 def _cut_small(f: BinaryIO) -> _Scan:
@@ -761,6 +811,10 @@ def _packable(data: memoryview) -> bool:
 
 def _saves(data: bytes | memoryview) -> bool:
     return len(zstandard.ZstdCompressor(level=1).compress(data)) <= len(data) * (1 - MIN_SAVING)
+
+
+def _file_id(st: os.stat_result) -> FileId:
+    return st.st_dev, st.st_ino
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int]:

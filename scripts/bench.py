@@ -420,9 +420,13 @@ class Env:
 
     def fetched_bytes(self) -> int | None:
         """Bytes the daemon says it received from the blob store since it mounted (`drive status`)."""
+        return self.status().get("fetched_bytes")
+
+    def status(self) -> dict:
+        """The daemon's `drive status` answer (over the control socket)."""
         from mountfs.control import ControlClient
 
-        return ControlClient(self.entry().control_socket).status().get("fetched_bytes")
+        return ControlClient(self.entry().control_socket).status()
 
     def flush(self) -> float:
         """What `drive flush` does (over the control socket, without the CLI's start-up); returns seconds."""
@@ -748,11 +752,13 @@ class Bench:
             total = time.perf_counter() - t0
         new = self.env.blob_count() - before
         # What the daemon received: the chunks fetched for the local copy are not kept in the chunk cache.
-        fetched = self.env.fetched_bytes() or 0
+        status = self.env.status()
+        fetched, cut = status.get("fetched_bytes") or 0, status.get("cut_bytes") or 0
         self.res.add(Row("1-byte overwrite, uncached file, fsync: chunks uploaded", new, "chunks", target="<= 1",
                          passed=new <= 1, note=f"write+fsync {wsec:.2f} s, durable after {total:.2f} s, "
-                                               f"downloaded {fmt_size(fetched)} first"))
-        self.res.extra["overwrite"] = {"write_fsync_s": wsec, "durable_s": total, "downloaded_bytes": fetched}
+                                               f"downloaded {fmt_size(fetched)} first, cut {fmt_size(cut)}"))
+        self.res.extra["overwrite"] = {"write_fsync_s": wsec, "durable_s": total, "downloaded_bytes": fetched,
+                                       "cut_bytes": cut}
 
     def insert(self) -> None:
         self.ensure_mfile()

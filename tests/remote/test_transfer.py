@@ -15,7 +15,8 @@ import pytest
 import trio
 
 from cache.chunkcache import ChunkCache
-from cache.chunker import chunk_file, content_hash, manifest_of
+from cache.chunker import MAX_CHUNK, chunk_file, content_hash, manifest_of
+from cache.edits import KnownContent
 from cache.index import Index
 from remote import errors
 from remote.transfer import Transfer, _prepare
@@ -380,3 +381,51 @@ async def test_a_big_upload_bound_to_be_refused_sends_nothing(api, tmp_path):
     with pytest.raises(errors.NotFound):
         await transfer.upload_file(src, node_id=v1.id, base_version=2)
     assert transfer.statistics().chunks_sent == sent  # the new bytes never left
+
+
+async def test_a_new_version_known_but_for_one_range_is_cut_there_only(api, tmp_path):
+    me = await api.me()
+    src = write_random(tmp_path / "src", 24 * MiB)
+    transfer = Transfer(api)
+    committed = []
+    node = await transfer.upload_file(src, parent_id=me.root_id, name="f",
+                                      on_committed=lambda refs, fid: committed.append((refs, fid)))
+    (refs, file_id), = committed
+    assert list(refs) == manifest_of(src) and file_id == (src.stat().st_dev, src.stat().st_ino)
+    with open(src, "r+b") as f:
+        f.seek(10 * MiB)
+        f.write(b"changed")
+    before = transfer.statistics()
+    known = KnownContent(refs, ((10 * MiB, 10 * MiB + 7),), file_id)
+    node = await transfer.upload_file(src, node_id=node.id, base_version=node.version, known=known)
+    stats = transfer.statistics()
+    assert 0 < stats.bytes_cut - before.bytes_cut <= 3 * MAX_CHUNK
+    assert 1 <= stats.chunks_sent - before.chunks_sent <= 3
+    assert node.content_hash == content_hash(manifest_of(src))
+    await transfer.download_file(node, tmp_path / "back")
+    assert same_file(src, tmp_path / "back")
+
+
+async def test_known_content_of_another_file_or_a_change_never_noted_is_not_trusted(api, tmp_path):
+    me = await api.me()
+    src = write_random(tmp_path / "src", 12 * MiB)
+    transfer = Transfer(api)
+    node = await transfer.upload_file(src, parent_id=me.root_id, name="f")
+    old = tuple(manifest_of(src))
+    st = src.stat()
+    # Rewritten in place, every byte, with nothing noted: the spot check of unchanged chunks sees it.
+    write_random(tmp_path / "other", 12 * MiB)
+    with open(src, "r+b") as f:
+        f.write((tmp_path / "other").read_bytes())
+    node = await transfer.upload_file(src, node_id=node.id, base_version=node.version,
+                                      known=KnownContent(old, (), (st.st_dev, st.st_ino)))
+    assert node.content_hash == content_hash(manifest_of(src))
+    # The same list given for another file is ignored.
+    before = transfer.statistics().bytes_cut
+    other = write_random(tmp_path / "third", 12 * MiB)
+    os.replace(other, src)
+    node = await transfer.upload_file(src, node_id=node.id, base_version=node.version,
+                                      known=KnownContent(tuple(manifest_of(src)), (), (st.st_dev, st.st_ino)))
+    assert transfer.statistics().bytes_cut - before == 12 * MiB
+    await transfer.download_file(node, tmp_path / "back")
+    assert same_file(src, tmp_path / "back")

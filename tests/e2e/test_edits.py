@@ -1,0 +1,113 @@
+"""Edits of a big file on a real mount: each commit cuts and hashes only the chunks around what changed
+(the mount's `cut_bytes`), and the server gets exactly the bytes the program wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+
+from cache.chunker import MAX_CHUNK, manifest_of
+from tests.e2e.helpers import download
+
+MiB = 2**20
+SIZE = 40 * MiB
+# A change is cut again from the start of the chunk it falls in until the cuts meet the old ones: a few
+# chunks, each at most MAX_CHUNK.
+AROUND_A_CHANGE = 3 * MAX_CHUNK
+
+
+def cut_bytes(m) -> int:
+    return json.loads(m.drive("status", str(m.path), "--json").stdout)[0]["cut_bytes"]
+
+
+def on_server(m, name: str) -> bytes:
+    return download(m.server.url, m.token, f"/{name}")
+
+
+def edit(m, name: str, offset: int, data: bytes) -> None:
+    with open(m.path / name, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def test_edits_of_a_big_file_cut_only_around_each_change(mount, tmp_path):
+    m = mount
+    data = bytearray(random.Random(5).randbytes(SIZE))
+    (m.path / "big.bin").write_bytes(data)
+    m.flush()
+    assert on_server(m, "big.bin") == data
+
+    before = cut_bytes(m)
+    edit(m, "big.bin", SIZE // 2, b"x")
+    data[SIZE // 2] = ord("x")
+    m.flush()
+    assert 0 < cut_bytes(m) - before <= AROUND_A_CHANGE
+    assert on_server(m, "big.bin") == data
+
+    # Two changes far apart, then an append: each cut again on its own, in one commit.
+    before = cut_bytes(m)
+    edit(m, "big.bin", 3 * MiB, b"early")
+    edit(m, "big.bin", 30 * MiB, b"late")
+    more = random.Random(6).randbytes(MiB)
+    with open(m.path / "big.bin", "ab") as f:
+        f.write(more)
+    data[3 * MiB:3 * MiB + 5] = b"early"
+    data[30 * MiB:30 * MiB + 4] = b"late"
+    data += more
+    m.flush()
+    assert 0 < cut_bytes(m) - before <= 3 * AROUND_A_CHANGE + MiB
+    assert on_server(m, "big.bin") == data
+
+    # Cut short and grown again: the tail is new, and only the tail is cut.
+    before = cut_bytes(m)
+    os.truncate(m.path / "big.bin", 25 * MiB)
+    os.truncate(m.path / "big.bin", 28 * MiB)
+    data = data[:25 * MiB] + bytes(3 * MiB)
+    m.flush()
+    assert 0 < cut_bytes(m) - before <= AROUND_A_CHANGE + 3 * MiB
+    assert on_server(m, "big.bin") == data
+
+    # What went up is what a whole cut of those bytes gives: the same chunk list, so the same dedupe.
+    whole = tmp_path / "whole.bin"
+    whole.write_bytes(data)
+    with m.server.client(m.token) as c:
+        ident = c.get("/api/v1/resolve", params={"path": "/big.bin"}).json()
+        manifest = c.get(f"/api/v1/nodes/{ident['id']}/versions/{ident['version']}").json()["manifest"]
+    assert [(c["hash"], c["size"]) for c in manifest] == [(r.hash, r.size) for r in manifest_of(whole)]
+
+
+def test_a_write_into_an_uncached_big_file_commits_by_cutting_around_it(mount):
+    m = mount
+    data = bytearray(random.Random(7).randbytes(SIZE))
+    (m.path / "big.bin").write_bytes(data)
+    m.flush()
+    m.unmount()
+    shutil.rmtree(m.cache_dir)
+    m.mount()
+
+    before = cut_bytes(m)
+    assert before == 0
+    edit(m, "big.bin", 17 * MiB + 3, b"hello")  # fetches the file for the write, knowing its chunk list
+    data[17 * MiB + 3:17 * MiB + 8] = b"hello"
+    m.flush()
+    assert 0 < cut_bytes(m) <= AROUND_A_CHANGE
+    assert on_server(m, "big.bin") == data
+    assert (m.path / "big.bin").read_bytes() == data
+
+
+def test_after_a_restart_the_first_commit_cuts_the_whole_file_and_loses_no_edit(mount):
+    m = mount
+    data = bytearray(random.Random(8).randbytes(SIZE // 4))
+    (m.path / "big.bin").write_bytes(data)
+    m.flush()
+    edit(m, "big.bin", 100, b"kept across the restart")
+    data[100:123] = b"kept across the restart"
+    m.unmount()  # flushes: the edit is on the server
+    m.mount()
+    edit(m, "big.bin", 5 * MiB, b"after")
+    data[5 * MiB:5 * MiB + 5] = b"after"
+    m.flush()
+    assert cut_bytes(m) == len(data)  # nothing known of the file in this run: all of it was cut
+    assert on_server(m, "big.bin") == data
