@@ -3,6 +3,7 @@ commit cuts and hashes only those (cache/chunker.py: recut) instead of the whole
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,11 +31,26 @@ class KnownContent:
 
 @dataclass
 class _Record:
+    """A chunk list kept compact (32 bytes of hash and 8 of size per chunk, not a ~500-byte ChunkRef)."""
+
     version: int
-    refs: tuple[ChunkRef, ...]
+    digests: bytes
+    sizes: array[int]
     file_id: FileId
     gen: int
     changed: list[tuple[int, int]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, version: int, refs: Sequence[ChunkRef], file_id: FileId, gen: int) -> _Record:
+        return cls(version, b"".join(bytes.fromhex(r.hash) for r in refs), array("Q", (r.size for r in refs)),
+                   file_id, gen)
+
+    def refs(self) -> tuple[ChunkRef, ...]:
+        out, offset = [], 0
+        for i, size in enumerate(self.sizes):
+            out.append(ChunkRef(offset=offset, size=size, hash=self.digests[32 * i:32 * i + 32].hex()))
+            offset += size
+        return tuple(out)
 
 
 class Edits:
@@ -47,7 +63,7 @@ class Edits:
     """
 
     MAX_RANGES = 4096
-    MAX_REFS = 64 * 1024  # all records together, ~12 MiB of refs; the oldest go first
+    MAX_REFS = 64 * 1024  # chunks of all records together (2.5 MiB; ~64 GiB of files); the oldest go first
 
     def __init__(self) -> None:
         self._records: OrderedDict[int, _Record] = OrderedDict()
@@ -56,9 +72,9 @@ class Edits:
     def known(self, inode: int, version: int, refs: Sequence[ChunkRef], file_id: FileId, gen: int) -> None:
         """The local copy `file_id` of `inode` holds exactly version `version`, cut into `refs`, at `gen`."""
         self.drop(inode)
-        if len(refs) > self.MAX_REFS:
+        if len(refs) > self.MAX_REFS or not _whole(refs):
             return
-        self._records[inode] = _Record(version, tuple(refs), file_id, gen)
+        self._records[inode] = _Record.of(version, refs, file_id, gen)
         self._refs += len(refs)
         while self._refs > self.MAX_REFS:
             self.drop(next(iter(self._records)))
@@ -87,9 +103,19 @@ class Edits:
         if r is None or r.version != version or r.gen != gen:
             return None
         self._records.move_to_end(inode)
-        return KnownContent(r.refs, tuple(r.changed), r.file_id)
+        return KnownContent(r.refs(), tuple(r.changed), r.file_id)
 
     def drop(self, inode: int) -> None:
         r = self._records.pop(inode, None)
         if r is not None:
-            self._refs -= len(r.refs)
+            self._refs -= len(r.sizes)
+
+
+def _whole(refs: Sequence[ChunkRef]) -> bool:
+    """Whether the refs are a whole file's: each starting where the one before ended, from 0."""
+    offset = 0
+    for r in refs:
+        if r.offset != offset:
+            return False
+        offset += r.size
+    return True

@@ -46,17 +46,28 @@ def test_too_many_scattered_ranges_give_up_the_record():
     assert e.take(7, version=3, gen=Edits.MAX_RANGES + 1) is None
 
 
+def whole(n: int) -> tuple[ChunkRef, ...]:
+    return tuple(ChunkRef(offset=i * 100, size=100, hash=f"{i:064x}") for i in range(n))
+
+
 def test_records_are_bounded_by_their_refs_the_least_recently_used_going_first():
     e = Edits()
-    per_file = Edits.MAX_REFS // 4
-    refs = REFS * (per_file // len(REFS))
+    refs = whole(Edits.MAX_REFS // 4)
     for inode in range(1, 5):
         e.known(inode, version=1, refs=refs, file_id=FILE, gen=1)
     assert e.take(1, version=1, gen=1) is not None  # used: now the most recent
     e.known(5, version=1, refs=refs, file_id=FILE, gen=1)
     assert e.take(2, version=1, gen=1) is None
     assert all(e.take(i, version=1, gen=1) is not None for i in (1, 3, 4, 5))
-    e.known(6, version=1, refs=REFS * (Edits.MAX_REFS // len(REFS) + 1), file_id=FILE, gen=1)  # too big to keep
+    e.known(6, version=1, refs=whole(Edits.MAX_REFS + 1), file_id=FILE, gen=1)  # too big to keep
     assert e.take(6, version=1, gen=1) is None
     e.drop(5)
     assert e.take(5, version=1, gen=1) is None
+
+
+def test_a_list_that_is_not_a_whole_files_is_not_kept():
+    e = Edits()
+    e.known(7, version=1, refs=REFS[1:], file_id=FILE, gen=1)  # does not start at 0
+    assert e.take(7, version=1, gen=1) is None
+    e.known(7, version=1, refs=REFS[:3] + REFS[4:], file_id=FILE, gen=1)  # a gap
+    assert e.take(7, version=1, gen=1) is None
