@@ -26,6 +26,12 @@ def on_server(m, name: str) -> bytes:
     return download(m.server.url, m.token, f"/{name}")
 
 
+def assert_every_change_was_noted(m) -> None:
+    """The check before each recut found no chunk changed without a note (it would have cut the file
+    whole, so the bytes would still be right: only the log tells)."""
+    assert "where no change was noted" not in (m.cache_dir / "mount.log").read_text()
+
+
 def edit(m, name: str, offset: int, data: bytes) -> None:
     with open(m.path / name, "r+b") as f:
         f.seek(offset)
@@ -76,6 +82,7 @@ def test_edits_of_a_big_file_cut_only_around_each_change(mount, tmp_path):
         ident = c.get("/api/v1/resolve", params={"path": "/big.bin"}).json()
         manifest = c.get(f"/api/v1/nodes/{ident['id']}/versions/{ident['version']}").json()["manifest"]
     assert [(c["hash"], c["size"]) for c in manifest] == [(r.hash, r.size) for r in manifest_of(whole)]
+    assert_every_change_was_noted(m)
 
 
 def test_a_write_into_an_uncached_big_file_commits_by_cutting_around_it(mount):
@@ -95,6 +102,7 @@ def test_a_write_into_an_uncached_big_file_commits_by_cutting_around_it(mount):
     assert 0 < cut_bytes(m) <= AROUND_A_CHANGE
     assert on_server(m, "big.bin") == data
     assert (m.path / "big.bin").read_bytes() == data
+    assert_every_change_was_noted(m)
 
 
 def test_after_a_restart_the_first_commit_cuts_the_whole_file_and_loses_no_edit(mount):
@@ -111,3 +119,42 @@ def test_after_a_restart_the_first_commit_cuts_the_whole_file_and_loses_no_edit(
     m.flush()
     assert cut_bytes(m) == len(data)  # nothing known of the file in this run: all of it was cut
     assert on_server(m, "big.bin") == data
+
+
+def test_random_edits_with_a_commit_after_each_few_reach_the_server_exactly(mount):
+    """Writes, appends, truncations and O_TRUNC rewrites in a random order, committed every few steps:
+    after each commit the server has the very bytes of a model of the file, whatever was cut again."""
+    m = mount
+    rng = random.Random(12)
+    model = bytearray(rng.randbytes(16 * MiB))
+    path = m.path / "edited.bin"
+    path.write_bytes(model)
+    m.flush()
+    for step in range(24):
+        kind = rng.choice(["write", "write", "write", "append", "truncate", "rewrite"])
+        if kind == "write":
+            offset = rng.randrange(len(model) + MiB)
+            data = rng.randbytes(rng.choice([1, 4096, 300_000, 2 * MiB]))
+            edit(m, path.name, offset, data)
+            model.extend(bytes(max(0, offset - len(model))))
+            model[offset:offset + len(data)] = data
+        elif kind == "append":
+            data = rng.randbytes(rng.randrange(1, 3 * MiB))
+            with open(path, "ab") as f:
+                f.write(data)
+            model += data
+        elif kind == "truncate":  # cut short, then grown again or not (the cut bytes come back as zeros)
+            short = rng.randrange(MiB, len(model))
+            for size in (short, short + rng.choice([0, 1, 3 * MiB, 8 * MiB])):
+                os.truncate(path, size)
+                model = model[:size] + bytes(max(0, size - len(model)))
+        elif step % 8 == 5:  # now and then the whole file written anew through O_TRUNC
+            model = bytearray(rng.randbytes(rng.randrange(4 * MiB, 16 * MiB)))
+            path.write_bytes(model)
+        if step % 3 == 2:
+            m.flush()
+            assert on_server(m, path.name) == model, f"after step {step} ({kind})"
+    m.flush()
+    assert on_server(m, path.name) == model
+    assert path.read_bytes() == model
+    assert_every_change_was_noted(m)
