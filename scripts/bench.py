@@ -622,10 +622,7 @@ class Bench:
         drop_caches()
         with self.phase("file:write"):
             msecs = [write_file(self.mfile, self.size, self.mpay)]
-        closed = time.perf_counter()
-        with self.phase("file:flush"):
-            self.env.flush()
-        after_close = time.perf_counter() - closed
+        after_close = [self._timed_flush()]
         self.have_mfile = True
         # A second round (another file on the mount), since one run on a shared disk is noisy.
         drop_caches()
@@ -634,8 +631,7 @@ class Bench:
         second = self.env.mnt / "big2.bin"
         with self.phase("file:write"):
             msecs.append(write_file(second, self.size, Payload("mount2")))
-        with self.phase("file:flush"):
-            self.env.flush()
+        after_close.append(self._timed_flush())
         second.unlink()
         self.env.flush()
         mb = self.size / MiB
@@ -643,15 +639,29 @@ class Bench:
                        0.7, note="best of 2; MiB/s mount " + ", ".join(f"{mb / x:.0f}" for x in msecs)
                        + "; local " + ", ".join(f"{mb / x:.0f}" for x in lsecs))
         self.res.extra["write"] = {"mount_s": msecs, "local_s": lsecs, "flush_after_close_s": after_close}
-        self._flush_row(after_close, msecs[0])
+        self._flush_row(after_close, msecs)
 
-    def _flush_row(self, after_close: float, write_s: float) -> None:
+    def _timed_flush(self) -> float:
+        """Seconds from a writer's close to `drive flush` returning."""
+        closed = time.perf_counter()
+        with self.phase("file:flush"):
+            self.env.flush()
+        return time.perf_counter() - closed
+
+    def _flush_row(self, after_close: list[float], write_s: list[float]) -> None:
+        # Best of the two rounds, as for the write: one round on a shared machine is noisy. (Here the
+        # first touch of memory the guest freed earlier can cost a host page fault per page, ~1 s per
+        # GiB of new page cache: writing 2 GiB to /dev/shm took 1.3 s warm and 2.5-4.3 s after a
+        # drop_caches or 20 s idle. It shows most in the first round of the write row.)
         if not self.want("flush"):
             return
         up = self.raw_baseline()["upload_s"]
         mb = self.size / MiB
-        self.res.speed("durable on server (drive flush after close)", mb / after_close, mb / up, "MiB/s",
-                       "raw blob PUTs x8", 0.9, note=f"write+flush end to end {mb / (write_s + after_close):.0f} MiB/s")
+        best = min(range(len(after_close)), key=after_close.__getitem__)
+        self.res.speed("durable on server (drive flush after close)", mb / after_close[best], mb / up, "MiB/s",
+                       "raw blob PUTs x8", 0.9,
+                       note="best of 2; MiB/s " + ", ".join(f"{mb / x:.0f}" for x in after_close)
+                       + f"; write+flush end to end {mb / (write_s[best] + after_close[best]):.0f} MiB/s")
 
     def ensure_mfile(self) -> None:
         if not self.have_mfile:
