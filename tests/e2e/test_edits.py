@@ -121,6 +121,27 @@ def test_after_a_restart_the_first_commit_cuts_the_whole_file_and_loses_no_edit(
     assert on_server(m, "big.bin") == data
 
 
+def test_edits_closed_before_a_kill_reach_the_server_after_it(mount):
+    """The records of what changed live in memory: a kill -9 loses them, never an edit."""
+    m = mount
+    data = bytearray(random.Random(9).randbytes(SIZE // 2))
+    (m.path / "big.bin").write_bytes(data)
+    m.flush()
+    edit(m, "big.bin", 7 * MiB, b"before the kill")  # closed, and maybe committed already: either way
+    data[7 * MiB:7 * MiB + 15] = b"before the kill"
+    with open(m.path / "big.bin", "ab") as f:
+        f.write(b"appended")
+    data += b"appended"
+    m.kill()
+    m.mount()
+    assert (m.path / "big.bin").read_bytes() == data
+    edit(m, "big.bin", MiB, b"after")
+    data[MiB:MiB + 5] = b"after"
+    m.flush()
+    assert on_server(m, "big.bin") == data
+    assert_every_change_was_noted(m)
+
+
 def test_random_edits_with_a_commit_after_each_few_reach_the_server_exactly(mount):
     """Writes, appends, truncations and O_TRUNC rewrites in a random order, committed every few steps:
     after each commit the server has the very bytes of a model of the file, whatever was cut again."""
