@@ -70,3 +70,34 @@ def test_a_waiting_flush_is_not_kept_waiting():
         assert trio.current_time() == before
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_flush_cuts_the_debounce_short():
+    async def main() -> None:
+        syncer, _vfs = _syncer()
+        syncer._pending = lambda: False  # type: ignore[method-assign]
+        syncer.statistics = lambda: SimpleNamespace(pending_bytes=0, pending_items=0)  # type: ignore[method-assign]
+
+        async def report(_progress) -> None:
+            pass
+
+        start = trio.current_time()
+        await syncer._debounce()  # nothing asks: the whole debounce
+        assert trio.current_time() - start == syncer.debounce_s
+        ended = []
+
+        async def debounce() -> None:
+            await syncer._debounce()
+            ended.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            start = trio.current_time()
+            nursery.start_soon(debounce)
+            await trio.sleep(0.03)
+            await syncer.flush(report)
+        assert ended == [start + 0.03]
+        start = trio.current_time()
+        await syncer._debounce()  # the flush is over: debouncing again
+        assert trio.current_time() - start == syncer.debounce_s
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
