@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -172,11 +172,11 @@ def manifest_of(path: str | os.PathLike[str]) -> list[ChunkRef]:
     return [ref for ref, _data in chunk_file(path)]
 
 
-def recut(f: BinaryIO, size: int, known: Sequence[ChunkRef],
+def recut(read_at: Callable[[int, int], bytes], size: int, known: Sequence[ChunkRef],
           changed: Sequence[tuple[int, int]]) -> Iterator[tuple[ChunkRef, memoryview | None]]:
-    """The chunks of the seekable file `f` (`size` bytes now), given that it held the chunk list `known`
-    except in the `changed` [start, end) ranges and past the list's end; as chunk_views yields them,
-    but a known chunk no change touches comes as it is, with None for its bytes.
+    """The chunks of a file of `size` bytes, read with `read_at(offset, n)` (like os.pread), given that it
+    held the chunk list `known` except in the `changed` [start, end) ranges and past the list's end; as
+    chunk_views yields them, but a known chunk no change touches comes as it is, with None for its bytes.
 
     Only the rest is read, cut and hashed: from the start of each known chunk a change touches, until a
     cut lands on the start of a known chunk that can be taken again. That gives the very list a cut of
@@ -206,14 +206,49 @@ def recut(f: BinaryIO, size: int, known: Sequence[ChunkRef],
             yield ref, None
             pos += ref.size
             continue
-        f.seek(pos)
-        for cut, view in chunk_views(f):
-            yield ChunkRef(offset=pos + cut.offset, size=cut.size, hash=cut.hash), view
-            if reusable(by_start.get(pos + cut.offset + cut.size)):
+        for cut, view in _cuts_from(read_at, pos, size):
+            yield cut, view
+            pos = cut.offset + cut.size
+            if reusable(by_start.get(pos)):
                 break
         else:
             return  # the end of the file (which the caller checks against `size`)
-        pos += cut.offset + cut.size
+
+
+# What _cuts_from has read ahead before it first tries to cut; it reads on, doubling, up to MAX_CHUNK.
+_FIRST_READ = AVG_CHUNK
+
+
+def _cuts_from(read_at: Callable[[int, int], bytes], pos: int, size: int) -> Iterator[tuple[ChunkRef, memoryview]]:
+    """Cut from `pos`, a cut point, to `size`, reading only as far ahead as each cut needs.
+
+    A cut found before the end of what was read is the one a cut of the whole file makes there: FastCDC
+    decides at each byte from the bytes since the chunk's start, and having less than MAX_CHUNK in hand
+    changes only how far it may look, not its masks before the end of what it has. So a recut that stops
+    after a chunk or two reads about that much (each byte once), not the stream cutter's 8 MiB, which
+    matters for a file with changes scattered over many chunks (a database between two commits).
+    """
+    cutter = _new_cutter()
+    data = b""  # the file's bytes from `pos` on, read ahead
+    while pos < size:
+        need = min(_FIRST_READ, size - pos)
+        while True:
+            if len(data) < need:
+                more = read_at(pos + len(data), need - len(data))
+                if len(more) < need - len(data):  # shorter than it was: the caller sees the sizes differ
+                    size = pos + len(data) + len(more)
+                    need = size - pos
+                data += more
+                if not data:
+                    return
+            window = memoryview(data)[:MAX_CHUNK]
+            first = next(iter(cutter.cut_buf(window)))
+            if first.length < len(window) or len(window) >= MAX_CHUNK or pos + len(window) >= size:
+                break
+            need = min(2 * need, MAX_CHUNK, size - pos)
+        chunk, data = data[:first.length], data[first.length:]
+        yield ChunkRef(offset=pos, size=len(chunk), hash=hash_bytes(chunk)), memoryview(chunk)
+        pos += len(chunk)
 
 
 def _merged(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

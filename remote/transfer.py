@@ -761,7 +761,9 @@ def _cut(f: BinaryIO, out: trio.MemorySendChannel[_Cut], known: KnownContent | N
     size = os.fstat(f.fileno()).st_size
     if known is not None and not _spot_check(f.fileno(), known, size):
         known = None
-    pieces = recut(f, size, known.refs, known.changed) if known is not None else chunk_views(f)
+    fd = f.fileno()
+    pieces = recut(lambda offset, n: os.pread(fd, n, offset), size, known.refs, known.changed) \
+        if known is not None else chunk_views(f)
     refs, read = [], 0
     for ref, view in pieces:
         refs.append(ref)

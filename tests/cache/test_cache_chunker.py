@@ -263,22 +263,6 @@ def test_chunking_a_large_file_keeps_memory_bounded(tmp_path):
 _END = 2**62  # "to the end of the file", as a truncation records it
 
 
-class CountingFile(io.BytesIO):
-    """A file that counts the bytes read from it."""
-
-    read_bytes = 0
-
-    def read(self, n=-1):
-        data = super().read(n)
-        self.read_bytes += len(data)
-        return data
-
-    def readinto(self, buf):
-        n = super().readinto(buf)
-        self.read_bytes += n
-        return n
-
-
 def edited(data: bytes, edits: list[tuple]) -> tuple[bytes, list[tuple[int, int]]]:
     """Apply ("write", offset, bytes) and ("truncate", size) edits; return the result and the ranges a
     mount records for them."""
@@ -299,9 +283,15 @@ def edited(data: bytes, edits: list[tuple]) -> tuple[bytes, list[tuple[int, int]
 
 
 def recut_refs(new: bytes, old: bytes, changed) -> tuple[list[ChunkRef], list[bool], int]:
-    f = CountingFile(new)
-    out = list(recut(f, len(new), refs_of(old), changed))
-    return [ref for ref, _ in out], [view is None for _, view in out], f.read_bytes
+    read = 0
+
+    def read_at(offset: int, n: int) -> bytes:
+        nonlocal read
+        read += min(n, max(0, len(new) - offset))
+        return new[offset:offset + n]
+
+    out = list(recut(read_at, len(new), refs_of(old), changed))
+    return [ref for ref, _ in out], [view is None for _, view in out], read
 
 
 def refs_of(data: bytes) -> list[ChunkRef]:
@@ -339,7 +329,7 @@ def test_recut_of_one_changed_byte_reads_a_few_chunks_and_takes_the_rest_as_know
     new, changed = edited(old, [("write", 20 * MiB, b"x")])
     refs, reused, read = recut_refs(new, old, changed)
     assert refs == refs_of(new)
-    assert read <= 3 * MAX_CHUNK  # the cutter reads ahead up to 2 * MAX_CHUNK past where it starts
+    assert read <= 3 * MiB  # the chunk it falls in, and not much more ahead
     assert 1 <= reused.count(False) <= 3 and reused.count(True) >= len(refs) - 3
 
 
@@ -348,9 +338,18 @@ def test_recut_of_an_append_cuts_from_the_old_last_chunk_on():
     new, changed = edited(old, [("write", len(old), random_bytes(3 * MiB, 9))])
     refs, reused, read = recut_refs(new, old, changed)
     assert refs == refs_of(new)
-    assert read <= 3 * MAX_CHUNK + 3 * MiB
+    assert read <= 4 * MiB + 3 * MiB  # from the old last chunk on, with a little read ahead
     old_refs = refs_of(old)
     assert refs[:len(old_refs) - 1] == old_refs[:-1] and all(reused[:len(old_refs) - 1])
+
+
+def test_recut_of_changes_scattered_over_many_chunks_reads_little_more_than_it_cuts():
+    old = random_bytes(48 * MiB, 11)
+    new, changed = edited(old, [("write", r.offset + 10, b"y") for r in refs_of(old)[::4]])
+    refs, reused, read = recut_refs(new, old, changed)
+    assert refs == refs_of(new)
+    cut = sum(ref.size for ref, again in zip(refs, reused) if not again)
+    assert cut < len(new) / 2 and read <= 2 * cut
 
 
 def test_recut_with_nothing_changed_reads_nothing_and_a_truncation_cuts_the_tail_again():
