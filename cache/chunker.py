@@ -245,7 +245,7 @@ def _cuts_from(read_at: Callable[[int, int], bytes], pos: int, size: int) -> Ite
             first = next(iter(cutter.cut_buf(window)))
             if first.length < len(window) or len(window) >= MAX_CHUNK or pos + len(window) >= size:
                 break
-            need = min(2 * need, MAX_CHUNK, size - pos)
+            need = min(2 * len(window), MAX_CHUNK, size - pos)  # more than in hand: the window grows
         chunk, data = data[:first.length], data[first.length:]
         yield ChunkRef(offset=pos, size=len(chunk), hash=hash_bytes(chunk)), memoryview(chunk)
         pos += len(chunk)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
+from unittest.mock import patch
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +26,7 @@ from cache.chunker import (
     manifest_of,
     recut,
 )
+from cache.chunker import _cuts_from
 
 MiB = 2**20
 REPO = Path(__file__).resolve().parents[2]
@@ -361,3 +364,47 @@ def test_recut_with_nothing_changed_reads_nothing_and_a_truncation_cuts_the_tail
     refs, reused, _ = recut_refs(new, old, changed)
     assert refs == refs_of(new)
 
+
+
+def test_recut_cuts_right_whatever_it_has_read_ahead_when_it_starts_a_chunk():
+    # Data whose chunks end at every distance from where a read ahead stops, including a chunk left
+    # with exactly what was read ahead and no cut in it: the cutter must read on, not try again.
+    old = random_bytes(40 * MiB, 13)
+    for first_read in (256 * 1024, 512 * 1024, 2 * MiB):
+        for offset in (0, 5 * MiB + 1, 17 * MiB):
+            new, changed = edited(old, [("write", offset, b"z")])
+            with patch("cache.chunker._FIRST_READ", first_read):
+                refs, _, _ = recut_refs(new, old, changed)
+            assert refs == refs_of(new)
+
+
+class FixedCutter:
+    """A stand-in for FastCDC that cuts every `every` bytes (or at the end of what it is given)."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.windows: list[int] = []
+
+    def cut_buf(self, buf):
+        self.windows.append(len(buf))
+        yield SimpleNamespace(length=min(self.every, len(buf)))
+
+
+def test_cutting_reads_on_when_what_is_in_hand_holds_no_cut():
+    # Chunks of exactly twice the first read ahead: the second chunk starts with that much in hand and
+    # no cut in it, so the cutter reads more before it looks again, never at the same bytes twice.
+    data = random_bytes(10 * MiB, 14)
+    calls = []
+
+    def read_at(offset: int, n: int) -> bytes:
+        calls.append(n)
+        assert len(calls) < 100, "the cutter keeps asking without getting anywhere"
+        return data[offset:offset + n]
+
+    cutter = FixedCutter(2 * MiB)
+    with patch("cache.chunker._new_cutter", lambda: cutter):
+        cuts = [ref for ref, _ in _cuts_from(read_at, 0, len(data))]
+    assert [(r.offset, r.size) for r in cuts] == [(i * 2 * MiB, 2 * MiB) for i in range(5)]
+    assert sum(calls) == len(data)  # every byte read once
+    windows = cutter.windows
+    assert all(a != b for a, b in zip(windows, windows[1:]))  # no window looked at twice in a row
