@@ -504,15 +504,13 @@ class Vfs:
                 pass
             with self.tree.index.transaction():  # a new, empty local copy and dirty, at once
                 self.tree.update(e.inode, local_data=True)
-                self._touched(e.inode)
-            self.edits.note(e.inode, 0, TO_END, self.live.gen[e.inode])
+                self._touched(e.inode, 0, TO_END)
             return
         if size != 0:
             await self.materialize(e)
         # Marked dirty before the local copy changes: killed in between, the index must not call a
         # truncated copy clean (the mount would show the cut bytes and never upload them).
-        self._touched(e.inode)
-        self.edits.note(e.inode, size, TO_END, self.live.gen[e.inode])
+        self._touched(e.inode, size, TO_END)
         if size == 0:
             with open(path, "wb"):
                 pass
@@ -576,8 +574,7 @@ class Vfs:
             assert fd is not None
         # Marked dirty before the bytes land: neither a kill in between nor an index that cannot record
         # it (cache disk full: the write then fails with nothing written) leaves changed bytes clean.
-        self._touched(h.inode)
-        self.edits.note(h.inode, offset, offset + len(data), self.live.gen[h.inode])
+        self._touched(h.inode, offset, offset + len(data))
         h.wrote = True
         try:
             n = os.pwrite(fd, data, offset)
@@ -585,10 +582,12 @@ class Vfs:
             raise FsError(e.errno or errno.EIO, f"writing the local copy failed: {e}") from None
         return n
 
-    def _touched(self, inode: int) -> None:
-        """Content changed: bump the live generation; the first change after a sync is made durable."""
+    def _touched(self, inode: int, start: int, end: int) -> None:
+        """Bytes [start, end) of the content change: bump the live generation and note the range with it
+        (the next commit cuts only around what was noted); the first change after a sync is made durable."""
         gen = self.live_gen(inode) + 1
         self.live.gen[inode] = gen
+        self.edits.note(inode, start, end, gen)
         self.live.stat.pop(inode, None)
         if inode in self.live.known_dirty:
             return
