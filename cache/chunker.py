@@ -24,6 +24,7 @@ __all__ = [
     "is_chunk_hash",
     "manifest_of",
     "recut",
+    "untouched",
 ]
 
 MIN_CHUNK = 256 * 1024
@@ -172,44 +173,48 @@ def manifest_of(path: str | os.PathLike[str]) -> list[ChunkRef]:
     return [ref for ref, _data in chunk_file(path)]
 
 
-def recut(read_at: Callable[[int, int], bytes], size: int, known: Sequence[ChunkRef],
-          changed: Sequence[tuple[int, int]]) -> Iterator[tuple[ChunkRef, memoryview | None]]:
-    """The chunks of a file of `size` bytes, read with `read_at(offset, n)` (like os.pread), given that it
-    held the chunk list `known` except in the `changed` [start, end) ranges and past the list's end; as
-    chunk_views yields them, but a known chunk no change touches comes as it is, with None for its bytes.
-
-    Only the rest is read, cut and hashed: from the start of each known chunk a change touches, until a
-    cut lands on the start of a known chunk that can be taken again. That gives the very list a cut of
-    the whole file would, because a cut point depends only on the bytes since the previous one.
-    """
+def untouched(size: int, known: Sequence[ChunkRef], changed: Sequence[tuple[int, int]]) -> list[ChunkRef]:
+    """The chunks of `known`, a file's earlier chunk list, that a recut of it may take as they are now
+    that it is `size` bytes and the [start, end) ranges `changed` were written or cut: those no change
+    touches that still end where a cut of the file does."""
     spans = _merged(changed)
     starts = [start for start, _end in spans]
     old_end = known[-1].offset + known[-1].size if known else 0
-
-    def reusable(ref: ChunkRef | None) -> bool:
-        if ref is None:
-            return False
+    out = []
+    for ref in known:
         end = ref.offset + ref.size
         # The old last chunk ended where the old file did, not where its bytes said: only a file that
         # ends there too cuts it the same.
         if end > size or (end == old_end and end != size):
-            return False
+            continue
         i = bisect.bisect_left(starts, end)  # spans starting before this chunk's end
-        return i == 0 or spans[i - 1][1] <= ref.offset
+        if i == 0 or spans[i - 1][1] <= ref.offset:
+            out.append(ref)
+    return out
 
-    by_start = {ref.offset: ref for ref in known}
+
+def recut(read_at: Callable[[int, int], bytes], size: int,
+          keep: Sequence[ChunkRef]) -> Iterator[tuple[ChunkRef, memoryview | None]]:
+    """The chunks of a file of `size` bytes, read with `read_at(offset, n)` (like os.pread), given the
+    chunks of its earlier list it still holds as they were (`keep`, from `untouched`); as chunk_views
+    yields them, but a kept chunk comes as it is, with None for its bytes.
+
+    Only the rest is read, cut and hashed: from the start of each gap between kept chunks, until a cut
+    lands on the start of a kept chunk. That gives the very list a cut of the whole file would, because a
+    cut point depends only on the bytes since the previous one.
+    """
+    by_start = {ref.offset: ref for ref in keep}
     pos = 0
     while pos < size:
         ref = by_start.get(pos)
-        if reusable(ref):
-            assert ref is not None
+        if ref is not None:
             yield ref, None
             pos += ref.size
             continue
         for cut, view in _cuts_from(read_at, pos, size):
             yield cut, view
             pos = cut.offset + cut.size
-            if reusable(by_start.get(pos)):
+            if pos in by_start:
                 break
         else:
             return  # the end of the file (which the caller checks against `size`)

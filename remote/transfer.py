@@ -57,7 +57,7 @@ from cachetools import LRUCache
 
 from cache.blocks import BlockMap, block_range, runs
 from cache.chunkcache import ChunkCache
-from cache.chunker import MIN_CHUNK, ChunkRef, chunk_views, content_hash, hash_bytes, recut
+from cache.chunker import MIN_CHUNK, ChunkRef, chunk_views, content_hash, hash_bytes, recut, untouched
 from cache.edits import FileId, KnownContent
 from cache.index import Index
 
@@ -758,12 +758,12 @@ def _cut(f: BinaryIO, out: trio.MemorySendChannel[_Cut], known: KnownContent | N
     just filled. With `known`, only the changed parts are cut; a chunk taken as known is not passed on
     (it is its base version's, so the server has it: were it missing, the commit would send it, checked
     against its hash)."""
-    size = os.fstat(f.fileno()).st_size
-    if known is not None and not _spot_check(f.fileno(), known, size):
-        known = None
     fd = f.fileno()
-    pieces = recut(lambda offset, n: os.pread(fd, n, offset), size, known.refs, known.changed) \
-        if known is not None else chunk_views(f)
+    size = os.fstat(fd).st_size
+    keep = untouched(size, known.refs, known.changed) if known is not None else None
+    if keep is not None and not _spot_check(fd, keep):
+        keep = None
+    pieces = recut(lambda offset, n: os.pread(fd, n, offset), size, keep) if keep is not None else chunk_views(f)
     refs, read = [], 0
     for ref, view in pieces:
         refs.append(ref)
@@ -778,13 +778,9 @@ def _cut(f: BinaryIO, out: trio.MemorySendChannel[_Cut], known: KnownContent | N
 SPOT_CHECKS = 2
 
 
-def _spot_check(fd: int, known: KnownContent, size: int) -> bool:
-    """Whether a few chunks the changes did not touch still hash to their names (read, ~1 ms each)."""
-    def untouched(r: ChunkRef) -> bool:
-        return r.offset + r.size <= size and not any(s < r.offset + r.size and r.offset < e for s, e in known.changed)
-
-    picks = secrets.SystemRandom().sample(known.refs, min(4 * SPOT_CHECKS, len(known.refs)))
-    for ref in [r for r in picks if untouched(r)][:SPOT_CHECKS]:
+def _spot_check(fd: int, keep: Sequence[ChunkRef]) -> bool:
+    """Whether a few of the chunks a recut is to take as they are still hash to their names (~1 ms each)."""
+    for ref in secrets.SystemRandom().sample(keep, min(SPOT_CHECKS, len(keep))):
         if hash_bytes(os.pread(fd, ref.size, ref.offset)) != ref.hash:
             log.error("the local copy changed where no change was noted (chunk at offset %d); cutting all "
                       "of it", ref.offset)

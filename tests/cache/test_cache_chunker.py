@@ -25,6 +25,7 @@ from cache.chunker import (
     is_chunk_hash,
     manifest_of,
     recut,
+    untouched,
 )
 from cache.chunker import _cuts_from
 
@@ -293,7 +294,7 @@ def recut_refs(new: bytes, old: bytes, changed) -> tuple[list[ChunkRef], list[bo
         read += min(n, max(0, len(new) - offset))
         return new[offset:offset + n]
 
-    out = list(recut(read_at, len(new), refs_of(old), changed))
+    out = list(recut(read_at, len(new), untouched(len(new), refs_of(old), changed)))
     return [ref for ref, _ in out], [view is None for _, view in out], read
 
 
