@@ -3,6 +3,7 @@ commit cuts and hashes only those (cache/chunker.py: recut) instead of the whole
 
 from __future__ import annotations
 
+import os
 from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .chunker import ChunkRef
 
-__all__ = ["TO_END", "Edits", "FileId", "KnownContent"]
+__all__ = ["TO_END", "Edits", "FileId", "KnownContent", "file_id"]
 
 # The end of a range that runs to the end of the file, whatever it becomes (a truncation records one).
 TO_END = 2**62
@@ -18,6 +19,11 @@ TO_END = 2**62
 # (st_dev, st_ino) of a local copy: a list describes the bytes of one file, not of whatever file is at
 # the path later.
 FileId = tuple[int, int]
+
+
+def file_id(st: os.stat_result) -> FileId:
+    """The FileId of the file `st` describes."""
+    return st.st_dev, st.st_ino
 
 
 @dataclass(frozen=True)

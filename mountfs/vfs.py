@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import trio
 
-from cache.edits import TO_END, Edits
+from cache.edits import TO_END, Edits, file_id
 from cache.spares import SpareFiles
 from cache.tree import ROOT_INODE, SHARED_INODE, SHARED_NAME, Entry, Tree
 from remote import errors as rerr
@@ -621,7 +621,7 @@ class Vfs:
         self.live.stat.pop(e.inode, None)
         self.tree.update(e.inode, local_data=True)
         if layout is not None:  # the first commit after this write cuts only what the writes change
-            self.edits.known(e.inode, layout.version, layout.refs(), (st.st_dev, st.st_ino), self.live_gen(e.inode))
+            self.edits.known(e.inode, layout.version, layout.refs(), file_id(st), self.live_gen(e.inode))
 
     def _persist(self, inode: int) -> None:
         """Record the local copy's size and mtime in the index (at fsync, and for closed writers in

@@ -58,7 +58,7 @@ from cachetools import LRUCache
 from cache.blocks import BlockMap, block_range, runs
 from cache.chunkcache import ChunkCache
 from cache.chunker import MIN_CHUNK, ChunkRef, chunk_views, content_hash, hash_bytes, recut, untouched
-from cache.edits import FileId, KnownContent
+from cache.edits import FileId, KnownContent, file_id
 from cache.index import Index
 
 from . import errors
@@ -237,7 +237,7 @@ class Transfer:
                 except errors.VersionConflict:
                     self._forget(index, key)
                     raise
-            if known is not None and (node_id is None or known.file_id != _file_id(before)):
+            if known is not None and (node_id is None or known.file_id != file_id(before)):
                 known = None
             if before.st_size <= SMALL_FILE_BYTES:
                 # One chunk: the session's answer says whether it is missing and _commit sends it, so the
@@ -259,7 +259,7 @@ class Transfer:
             node = await self._commit(f.fileno(), index, key, session, scan, target, workers)
         self._forget(index, key)
         if on_committed is not None:
-            on_committed(scan.refs, _file_id(before))
+            on_committed(scan.refs, file_id(before))
         report.finish(scan.size)
         return node
 
@@ -809,10 +809,6 @@ def _packable(data: memoryview) -> bool:
 
 def _saves(data: bytes | memoryview) -> bool:
     return len(zstandard.ZstdCompressor(level=1).compress(data)) <= len(data) * (1 - MIN_SAVING)
-
-
-def _file_id(st: os.stat_result) -> FileId:
-    return st.st_dev, st.st_ino
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int]:
