@@ -676,11 +676,15 @@ class MetadataStore:
         return ChunkInfo(*row)
 
     def readable_chunks(self, user: User, node_id: int, version: int, hashes: Sequence[str]) -> list[ChunkInfo]:
-        """The stored form of chunks of a version the caller can read; NotFound for any other hash."""
+        """The stored form of chunks of a version the caller can read; NotFound for any other hash. The
+        owner can still read a file in the trash: a device that was editing it when another deleted it
+        puts its version back, and a sparse local copy must fetch the chunks it had not yet for that."""
         wanted = list(dict.fromkeys(hashes))
         found: dict[str, ChunkInfo] = {}
         with self.db.transaction() as tx:
-            node, _ = self._access(tx, user, node_id)
+            node, access = self._access(tx, user, node_id, allow_deleted=True)
+            if node.deleted and access != "owner":
+                raise NotFound(f"no node {node_id}")
             if not tx.one("SELECT 1 FROM versions WHERE node_id = ? AND version = ?", (node.id, version)):
                 raise NotFound(f"no version {version} of node {node_id}")
             for batch in _batches(wanted):

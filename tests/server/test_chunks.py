@@ -119,6 +119,22 @@ def test_download_urls_only_for_readable_versions(alice, bob):
     error_of(alice.post("/chunks/download-urls", {"node_id": f["id"], "version": 3, "hashes": [sha(c)]}), 404)
 
 
+
+def test_a_trashed_files_chunks_stay_downloadable_for_its_owner_only(alice, bob):
+    # A device editing the file when another deleted it puts its version back, and may have to fetch
+    # chunks of it to do so (a sparse local copy).
+    a, b = random_chunks(2)
+    f = alice.commit(alice.root, "f", [a, b])
+    ok(alice.post(f"/nodes/{f['id']}/shares", {"user": bob.name, "permission": "read"}), 201)
+    query = {"node_id": f["id"], "version": 1, "hashes": [sha(b)]}
+    ok(bob.post("/chunks/download-urls", query))
+    ok(alice.delete(f"/nodes/{f['id']}"))
+    urls = ok(alice.post("/chunks/download-urls", query))["urls"]
+    assert [u["hash"] for u in urls] == [sha(b)]
+    error_of(bob.post("/chunks/download-urls", query), 404, "not_found")
+    error_of(alice.post("/chunks/download-urls", {**query, "version": 2}), 404, "not_found")
+
+
 # ---- signed URLs ------------------------------------------------------------------------------------
 
 
