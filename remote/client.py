@@ -5,7 +5,8 @@ remote.errors. Runs under trio (httpx's async client detects it).
 
 Retries. Network errors, timeouts, 5xx and 429 are retried with exponential backoff and full jitter,
 honouring Retry-After, until the RetryPolicy's attempts or total time run out; then TransportFailure
-(nothing answered) or ServerError (the server kept failing). 4xx answers are never retried.
+(nothing answered) or ServerError (the server kept failing). 4xx answers are never retried. For
+GAVE_UP_S after a request gave up on an unreachable server, requests are tried once only.
 Whether a request may be sent twice decides how far it is retried:
 
 - idempotent requests (GET, PATCH, blob PUT/GET, the read-only POSTs under /chunks, session create,
@@ -67,6 +68,8 @@ SMALL_FILES_BYTES = 8 * 2**20
 
 log = logging.getLogger("drivefs.remote")
 
+# For this long after a request gave up on an unreachable server, requests are tried once, not retried.
+GAVE_UP_S = 2.0
 # Failures where the request certainly never reached the server: safe to resend anything.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # Answers that say the server did not act on the request.
@@ -144,6 +147,7 @@ class ApiClient:
             self._auth["X-Drive-Device"] = device
         self._counters = _Counters()
         self._rng = random.Random()
+        self._gave_up_at = float("-inf")  # trio.current_time() when a request last found no server
         # No default headers: the bearer token goes to API calls only, never to blob URLs (which may
         # point at an S3 store that must not see it).
         self._http = httpx.AsyncClient(
@@ -198,6 +202,10 @@ class ApiClient:
         policy = self.retry
         what = f"{method} {url.split('?', 1)[0]}"
         start = trio.current_time()
+        if start - self._gave_up_at < GAVE_UP_S:
+            # The server was unreachable moments ago: one try, not another budget. A mount's reader would
+            # otherwise wait out the budget once per page the kernel asks again after a failed read.
+            policy = RetryPolicy.never()
         failures = 0
         extra: dict[str, Any] = {}
         if timeout is not None:
@@ -240,6 +248,7 @@ class ApiClient:
             if failures >= policy.max_attempts or remaining <= 0 or retry_after > remaining:
                 if resp is not None:
                     raise self._error(resp, what, failures, start)
+                self._gave_up_at = trio.current_time()
                 raise self._transport_failure(what, failure, failures, start, maybe_applied=False) from cause
             delay = min(delay, remaining)
             log.debug("%s failed (%s); retry %d in %.2f s", what, failure, failures, delay)

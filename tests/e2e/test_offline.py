@@ -68,7 +68,7 @@ def _uncached_read(mount):
         with pytest.raises(OSError) as e:
             (mount.path / "f.bin").read_bytes()
         assert e.value.errno == errno.EIO
-        assert time.monotonic() - start < 30
+        assert time.monotonic() - start < 20  # one retry budget, not one per page the kernel asks again
     finally:
         mount.server.start()
 

@@ -89,6 +89,38 @@ async def test_gives_up_at_max_attempts(autojump_clock):
     assert "secret-token" not in msg
 
 
+async def test_right_after_giving_up_on_an_unreachable_server_requests_are_tried_once(autojump_clock):
+    """A mount's reader makes many requests in a row once the server is gone (the kernel asks again page
+    by page after a failed read): only the first waits out the budget; the server back, all go through."""
+    state = {"up": False}
+    calls: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(trio.current_time())
+        if not state["up"]:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json=ME)
+
+    async with client(httpx.MockTransport(handler), max_total_s=8.0) as api:
+        start = trio.current_time()
+        with pytest.raises(errors.TransportFailure):
+            await api.me()
+        assert trio.current_time() - start >= 7.9 and len(calls) > 3
+        for _ in range(3):
+            before, asked = len(calls), trio.current_time()
+            with pytest.raises(errors.TransportFailure):
+                await api.me()
+            assert len(calls) == before + 1 and trio.current_time() == asked  # one try, no waiting
+        state["up"] = True
+        assert (await api.me()).name == "a"  # tried once, and it answered: no spurious failure
+        state["up"] = False
+        await trio.sleep(3)  # long after the last give-up: the whole budget again
+        before, start = len(calls), trio.current_time()
+        with pytest.raises(errors.TransportFailure):
+            await api.me()
+        assert trio.current_time() - start >= 7.9 and len(calls) > before + 3
+
+
 async def test_4xx_is_not_retried(autojump_clock):
     transport, calls = scripted(404)
     async with client(transport) as api:
