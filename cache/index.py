@@ -19,7 +19,7 @@ from cache.redo import RedoLog
 __all__ = ["SCHEMA_VERSION", "Batch", "Index", "IndexVersionError", "UploadState", "create_tables"]
 
 # Bump when create_tables changes in a way an existing index file needs migrating for.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Long enough to ride out another connection's checkpoint, short enough to surface a stuck one.
 _BUSY_TIMEOUT_MS = 5000
@@ -142,9 +142,10 @@ def create_tables(conn: apsw.Connection) -> None:
     # three are gone). `version` is the server version the local state is based on (the base of the next
     # commit). `access` is the caller's access ('owner', 'write', 'read'). `listed` = 1 once a folder's
     # children were fetched from the server. `local_data` = 1 when <cache_dir>/files/<inode> holds the
-    # file's whole current content (written here, or materialised for writing); otherwise the content is
-    # the manifest's chunks. `content_gen` counts local content changes and `synced_gen` is the last one
-    # committed on the server: the file has changes to upload while content_gen > synced_gen.
+    # file's whole current content (written here, or materialised for writing), except the chunks named
+    # in `holes` (a sparse copy); otherwise the content is the manifest's chunks. `content_gen` counts
+    # local content changes and `synced_gen` is the last one committed on the server: the file has
+    # changes to upload while content_gen > synced_gen.
     conn.execute(
         """
         CREATE TABLE IF NOT EXISTS inodes (
@@ -182,6 +183,24 @@ def create_tables(conn: apsw.Connection) -> None:
             inode   INTEGER PRIMARY KEY,
             version INTEGER NOT NULL,
             chunks  TEXT NOT NULL
+        )"""
+    )
+
+    # Chunks a sparse local copy does not hold yet (see cache/holes.py): bytes [offset, offset + size) of
+    # <cache_dir>/files/<inode> are still chunk `hash`, fetchable as part of (node_id, version), and hold
+    # zeros on disk until filled. A row goes only after its chunk's bytes are written and synced, so a
+    # crash never lets the zeros pass for content. Rows exist only while the inode's local_data = 1.
+    # Version 4 added this table: an older client, which would read the zeros, refuses the index.
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS holes (
+            inode   INTEGER NOT NULL,
+            offset  INTEGER NOT NULL,
+            size    INTEGER NOT NULL,
+            hash    TEXT NOT NULL,
+            node_id INTEGER NOT NULL,
+            version INTEGER NOT NULL,
+            PRIMARY KEY (inode, offset)
         )"""
     )
 

@@ -13,6 +13,7 @@ from typing import Any
 import apsw
 from cachetools import LRUCache
 
+from cache.holes import HoleStore
 from cache.index import Index
 
 log = logging.getLogger("drivefs.tree")
@@ -103,6 +104,7 @@ class Tree:
         # (parent, name) -> inode; only a hint, checked against the entry it names on every use.
         self._names: LRUCache[tuple[int, str], int] = LRUCache(ENTRY_CACHE_SIZE)
         index.recover(self.replay_batch)  # what a killed process held in its last open batch
+        self.holes = HoleStore(index)
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -208,6 +210,8 @@ class Tree:
             self._forget(inode)
             with self.index.transaction():
                 self.conn.execute(f"UPDATE inodes SET {sets} WHERE inode = ?", (*values, inode))
+                if "local_data" in changes:  # a copy dropped or made anew: the old one's holes are not its
+                    self.holes.drop(inode)
         entry = self.get(inode)
         assert entry is not None
         return entry
@@ -219,6 +223,7 @@ class Tree:
         with self.index.transaction():
             self.conn.execute("DELETE FROM inodes WHERE inode = ?", (inode,))
             self.conn.execute("DELETE FROM manifests WHERE inode = ?", (inode,))
+            self.holes.drop(inode)
         path = self.data_path(inode)
         if recycle is None or not recycle(path):
             path.unlink(missing_ok=True)

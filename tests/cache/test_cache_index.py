@@ -98,18 +98,22 @@ def test_version_1_index_is_migrated_keeping_everything_but_upload_progress(inde
     index.close()
 
 
-def test_version_2_index_gains_the_pinned_table(index_path):
+@pytest.mark.parametrize("version, table, row", [
+    (2, "pinned", "(5)"),  # version 3 added the pinned table
+    (3, "holes", "(5, 0, 10, 'h', 1, 1)"),  # version 4 added the holes table
+])
+def test_an_older_index_gains_the_tables_added_since(index_path, version, table, row):
     index = Index(index_path)
     index.set_kv("feed_cursor", "7")
-    index.conn.execute("DROP TABLE pinned")
-    index.conn.execute("PRAGMA user_version = 2")
+    index.conn.execute(f"DROP TABLE {table}")
+    index.conn.execute(f"PRAGMA user_version = {version}")
     index.close()
 
     index = Index(index_path)
     assert index.get_kv("feed_cursor") == "7"
-    index.conn.execute("INSERT INTO pinned(inode) VALUES (5)")
-    assert index.conn.execute("SELECT inode FROM pinned").get == 5
-    assert index.conn.execute("PRAGMA user_version").get == SCHEMA_VERSION == 3
+    index.conn.execute(f"INSERT INTO {table} VALUES {row}")
+    assert index.conn.execute(f"SELECT count(*) FROM {table}").get == 1
+    assert index.conn.execute("PRAGMA user_version").get == SCHEMA_VERSION == 4
     index.close()
 
 
