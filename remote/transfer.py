@@ -58,6 +58,7 @@ from cachetools import LRUCache
 from cache.blocks import BlockMap, block_range, runs
 from cache.chunkcache import ChunkCache
 from cache.chunker import MIN_CHUNK, ChunkRef, chunk_views, content_hash, hash_bytes, recut, untouched
+from cache.holes import SparseFile, Unfilled
 from cache.edits import FileId, KnownContent, file_id
 from cache.index import Index
 
@@ -208,12 +209,15 @@ class Transfer:
         concurrency: int | None = None,
         known: KnownContent | None = None,
         on_committed: Callable[[tuple[ChunkRef, ...], FileId], None] | None = None,
+        holes: SparseFile | None = None,
     ) -> Node:
         """Upload the file at `path` as a new file (parent_id + name) or a new version (node_id + base_version).
 
         `known`: what is known of a new version's bytes (its base version's chunk list and the ranges
         changed since, for the file `known.file_id`), so that only those ranges are cut again; ignored
         for another file. `on_committed(refs, file_id)` is told the committed chunk list and of which file.
+        `holes`: the chunks a sparse local copy has not fetched yet. Reading any of them raises
+        cache.holes.Unfilled, with the range that was to be read: fill it and call again.
 
         With `index`, the upload's state is kept under `upload_key` (default: the file's absolute path)
         so a run killed midway resumes: call again with the same key. Raises VersionConflict when the
@@ -229,6 +233,7 @@ class Transfer:
         key = upload_key or f"path:{os.path.abspath(path)}"
         # Opened once: chunks are re-read for their PUT from the same file the pass cut.
         with os.fdopen(os.open(path, os.O_RDONLY), "rb") as f:
+            src = _Source(f.fileno(), holes if holes else None)
             before = os.fstat(f.fileno())
             report = _Progress(progress, before.st_size)
             if node_id is not None and before.st_size >= PRECHECK_BYTES:
@@ -242,10 +247,11 @@ class Transfer:
             if before.st_size <= SMALL_FILE_BYTES:
                 # One chunk: the session's answer says whether it is missing and _commit sends it, so the
                 # pass needs no /chunks/missing request of its own, nor a worker thread to cut in.
+                src.check(0, before.st_size)
                 scan = _cut_small(f)
                 self._counters.bytes_cut += scan.size
             else:
-                scan = await self._scan_and_send(f, workers, report, known)
+                scan = await self._scan_and_send(f, src, workers, report, known)
             if _identity(os.fstat(f.fileno())) != _identity(before) or scan.size != before.st_size:
                 raise errors.FileChanged(f"{path} changed while it was being uploaded; upload it again")
             target: dict[str, Any] = {"node_id": node_id, "base_version": base_version, "parent_id": parent_id,
@@ -256,7 +262,7 @@ class Transfer:
                 session = await self._open_session(index, key, scan, target)
             else:
                 log.info("resuming upload %s: %d chunks still missing", key, len(session.missing))
-            node = await self._commit(f.fileno(), index, key, session, scan, target, workers)
+            node = await self._commit(src, index, key, session, scan, target, workers)
         self._forget(index, key)
         if on_committed is not None:
             on_committed(scan.refs, file_id(before))
@@ -274,16 +280,16 @@ class Transfer:
                 f"{node.name!r} changed on the server (version {node.version}, upload based on {base_version})",
                 details={"current_version": node.version, "content_hash": node.content_hash})
 
-    async def _commit(self, fd: int, index: Index | None, key: str, session: UploadSession, scan: _Scan,
+    async def _commit(self, src: _Source, index: Index | None, key: str, session: UploadSession, scan: _Scan,
                       target: dict[str, Any], workers: int) -> Node:
-        """Commit the session, first sending (re-read from `fd`) any chunk the server still lacks."""
+        """Commit the session, first sending (re-read from `src`) any chunk the server still lacks."""
         by_hash = {ref.hash: ref for ref in scan.refs}
         for _round in range(COMMIT_ROUNDS):
             if not session.committed and session.missing:
                 unknown = [h for h in session.missing if h not in by_hash]
                 if unknown:
                     raise errors.RemoteError(f"the server asks for {len(unknown)} chunks this file does not have")
-                await self._send(fd, [by_hash[h] for h in dict.fromkeys(session.missing)], workers)
+                await self._send(src, [by_hash[h] for h in dict.fromkeys(session.missing)], workers)
             try:
                 return await self.api.commit_upload(session.id)
             except errors.MissingChunks as e:
@@ -332,18 +338,17 @@ class Transfer:
                 index.drop_upload(key)
                 index.delete_kv(_target_key(key))
 
-    async def _scan_and_send(self, f: BinaryIO, workers: int, report: _Progress,
+    async def _scan_and_send(self, f: BinaryIO, src: _Source, workers: int, report: _Progress,
                              known: KnownContent | None) -> _Scan:
         """Cut and hash the open file (with `known`: only what changed), sending each chunk the server
         lacks while the rest is still being cut (at most `workers` PUTs at a time); the refs and the
         content hash are the result."""
-        fd = f.fileno()
         level = self.zstd_level
         scans: list[_Scan] = []
 
         async def cut(out: trio.MemorySendChannel[_Cut]) -> None:
             async with out:
-                scan, read = await trio.to_thread.run_sync(_cut, f, out, known)
+                scan, read = await trio.to_thread.run_sync(_cut, f, src, out, known)
                 self._counters.bytes_cut += read
                 report.add(scan.size - read)  # the chunks taken as known: the server has them
                 scans.append(scan)
@@ -372,7 +377,7 @@ class Transfer:
                     await self._sign(plain, out)
                     for i in range(0, len(packable), workers):
                         group = packable[i:i + workers]
-                        await self._sign(await trio.to_thread.run_sync(_pack_group, fd, group, level), out)
+                        await self._sign(await trio.to_thread.run_sync(_pack_group, src, group, level), out)
 
         async with worker_nursery() as nursery:
             cut_in, cut_out = trio.open_memory_channel[_Cut](ROUTE_BATCH)
@@ -381,17 +386,17 @@ class Transfer:
             nursery.start_soon(route, cut_out, put_in)
             async with put_out:
                 for _ in range(workers):
-                    nursery.start_soon(self._put, fd, put_out.clone(), report)
+                    nursery.start_soon(self._put, src, put_out.clone(), report)
         return scans[0]
 
-    async def _send(self, fd: int, refs: Sequence[ChunkRef], workers: int) -> None:
-        """PUT these chunks (re-read from `fd` and checked against their hash), at most `workers` at a time."""
+    async def _send(self, src: _Source, refs: Sequence[ChunkRef], workers: int) -> None:
+        """PUT these chunks (re-read from `src` and checked against their hash), at most `workers` at a time."""
         level = self.zstd_level
 
         async def prepare(out: trio.MemorySendChannel[_Signed]) -> None:
             async with out:
                 for i in range(0, len(refs), workers):
-                    ready = [await trio.to_thread.run_sync(_prepare, fd, ref, level) for ref in refs[i:i + workers]]
+                    ready = [await trio.to_thread.run_sync(_prepare, src, ref, level) for ref in refs[i:i + workers]]
                     await self._sign(ready, out)
 
         async with worker_nursery() as nursery:
@@ -399,7 +404,7 @@ class Transfer:
             nursery.start_soon(prepare, put_in)
             async with put_out:
                 for _ in range(workers):
-                    nursery.start_soon(self._put, fd, put_out.clone(), _Progress(None, 0))
+                    nursery.start_soon(self._put, src, put_out.clone(), _Progress(None, 0))
 
     async def _sign(self, ready: list[_Prepared], out: trio.MemorySendChannel[_Signed]) -> None:
         """Get PUT URLs for a batch of prepared chunks (one request) and pass each on with its URL."""
@@ -409,13 +414,13 @@ class Transfer:
         for item, url in zip(ready, urls, strict=True):
             await out.send((item, url))
 
-    async def _put(self, fd: int, inp: trio.MemoryReceiveChannel[_Signed], report: _Progress) -> None:
+    async def _put(self, src: _Source, inp: trio.MemoryReceiveChannel[_Signed], report: _Progress) -> None:
         async with inp:
             async for item, url in inp:
                 # Read on this thread, not in a worker: the cutter has just brought these bytes into the
                 # page cache, and glibc gives each thread that allocates chunks an arena of its own whose
                 # freed memory it keeps (eight putters' threads grew the RSS with the file).
-                body = item.body if item.body is not None else _read(fd, item.ref)
+                body = item.body if item.body is not None else _read(src, item.ref)
                 try:
                     try:
                         await self.api.put_blob(url, body)
@@ -751,19 +756,41 @@ def _target_json(target: dict[str, Any]) -> str:
     return json.dumps(target, sort_keys=True, separators=(",", ":"))
 
 
-def _cut(f: BinaryIO, out: trio.MemorySendChannel[_Cut], known: KnownContent | None) -> tuple[_Scan, int]:
+class _Source:
+    """The file being uploaded, read by offset; bytes a sparse local copy has not fetched yet are refused
+    with Unfilled (the caller fills them and uploads again) rather than read as the zeros they hold."""
+
+    def __init__(self, fd: int, holes: SparseFile | None) -> None:
+        self.fd = fd
+        self.holes = holes
+
+    def is_hole(self, start: int, end: int) -> bool:
+        return self.holes is not None and self.holes.first_within(start, end) is not None
+
+    def check(self, start: int, end: int) -> None:
+        if self.is_hole(start, end):
+            raise Unfilled(start, end)
+
+    def pread(self, offset: int, n: int) -> bytes:
+        self.check(offset, offset + n)
+        return os.pread(self.fd, n, offset)
+
+
+def _cut(f: BinaryIO, src: _Source, out: trio.MemorySendChannel[_Cut],
+         known: KnownContent | None) -> tuple[_Scan, int]:
     """(In a worker thread.) Cut and hash the file, passing each chunk's ref to `out` as soon as it is cut;
     the result holds all refs and the file's content hash, and how many bytes were cut. The bytes are
     not kept: the chunks to send are read again just before their PUT, from the page cache this pass
     just filled. With `known`, only the changed parts are cut; a chunk taken as known is not passed on
     (it is its base version's, so the server has it: were it missing, the commit would send it, checked
     against its hash)."""
-    fd = f.fileno()
-    size = os.fstat(fd).st_size
+    size = os.fstat(src.fd).st_size
     keep = untouched(size, known.refs, known.changed) if known is not None else None
-    if keep is not None and not _spot_check(fd, keep):
+    if keep is not None and not _spot_check(src, keep):
         keep = None
-    pieces = recut(lambda offset, n: os.pread(fd, n, offset), size, keep) if keep is not None else chunk_views(f)
+    if keep is None:
+        src.check(0, size)  # a whole cut reads every byte
+    pieces = recut(src.pread, size, keep) if keep is not None else chunk_views(f)
     refs, read = [], 0
     for ref, view in pieces:
         refs.append(ref)
@@ -778,10 +805,12 @@ def _cut(f: BinaryIO, out: trio.MemorySendChannel[_Cut], known: KnownContent | N
 SPOT_CHECKS = 2
 
 
-def _spot_check(fd: int, keep: Sequence[ChunkRef]) -> bool:
-    """Whether a few of the chunks a recut is to take as they are still hash to their names (~1 ms each)."""
-    for ref in secrets.SystemRandom().sample(keep, min(SPOT_CHECKS, len(keep))):
-        if hash_bytes(os.pread(fd, ref.size, ref.offset)) != ref.hash:
+def _spot_check(src: _Source, keep: Sequence[ChunkRef]) -> bool:
+    """Whether a few of the chunks a recut is to take as they are still hash to their names (~1 ms each).
+    Holes are not checked: nothing here has written them, and they would have to be fetched first."""
+    held = [ref for ref in keep if not src.is_hole(ref.offset, ref.offset + ref.size)]
+    for ref in secrets.SystemRandom().sample(held, min(SPOT_CHECKS, len(held))):
+        if hash_bytes(src.pread(ref.offset, ref.size)) != ref.hash:
             log.error("the local copy changed where no change was noted (chunk at offset %d); cutting all "
                       "of it", ref.offset)
             return False
@@ -816,16 +845,16 @@ def _identity(st: os.stat_result) -> tuple[int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def _read(fd: int, ref: ChunkRef) -> bytes:
-    data = os.pread(fd, ref.size, ref.offset)
+def _read(src: _Source, ref: ChunkRef) -> bytes:
+    data = src.pread(ref.offset, ref.size)
     if len(data) != ref.size:
         raise errors.FileChanged(f"the file shrank during its upload (chunk at offset {ref.offset}); upload it again")
     return data
 
 
-def _pack_group(fd: int, refs: Sequence[ChunkRef], level: int) -> list[_Prepared]:
+def _pack_group(src: _Source, refs: Sequence[ChunkRef], level: int) -> list[_Prepared]:
     compressor = zstandard.ZstdCompressor(level=level)
-    return [_pack(compressor, ref, _read(fd, ref)) for ref in refs]
+    return [_pack(compressor, ref, _read(src, ref)) for ref in refs]
 
 
 def _pack(compressor: zstandard.ZstdCompressor, ref: ChunkRef, data: bytes) -> _Prepared:
@@ -836,9 +865,9 @@ def _pack(compressor: zstandard.ZstdCompressor, ref: ChunkRef, data: bytes) -> _
     return _Prepared(ref, data, "none")
 
 
-def _prepare(fd: int, ref: ChunkRef, level: int) -> _Prepared:
+def _prepare(src: _Source, ref: ChunkRef, level: int) -> _Prepared:
     """Read one chunk again, check it is still what was scanned, and compress it if that pays."""
-    data = os.pread(fd, ref.size, ref.offset)
+    data = src.pread(ref.offset, ref.size)
     if len(data) != ref.size or hash_bytes(data) != ref.hash:
         raise errors.FileChanged(f"the file changed during its upload (chunk at offset {ref.offset}); upload it again")
     return _pack(zstandard.ZstdCompressor(level=level), ref, data)

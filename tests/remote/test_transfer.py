@@ -17,9 +17,10 @@ import trio
 from cache.chunkcache import ChunkCache
 from cache.chunker import MAX_CHUNK, chunk_file, content_hash, manifest_of
 from cache.edits import KnownContent
+from cache.holes import Hole, SparseFile, Unfilled
 from cache.index import Index
 from remote import errors
-from remote.transfer import Transfer, _prepare
+from remote.transfer import Transfer, _prepare, _Source
 from tests.remote.conftest import connect
 from tests.remote.helpers import blob_files, same_file, write_random
 
@@ -315,7 +316,7 @@ async def test_chunk_changed_before_it_is_sent_again_is_refused(tmp_path):
     fd = os.open(src, os.O_RDONLY)
     try:
         with pytest.raises(errors.FileChanged):
-            _prepare(fd, ref, 3)
+            _prepare(_Source(fd, None), ref, 3)
     finally:
         os.close(fd)
 
@@ -429,3 +430,51 @@ async def test_known_content_of_another_file_or_a_change_never_noted_is_not_trus
     assert transfer.statistics().bytes_cut - before == 12 * MiB
     await transfer.download_file(node, tmp_path / "back")
     assert same_file(src, tmp_path / "back")
+
+
+async def test_bytes_of_a_sparse_copy_not_fetched_yet_are_refused_not_read_as_zeros(api, tmp_path):
+    """A local copy whose chunks are holes (zeros on disk) goes up only once every byte the cut reads is
+    filled: each read of a hole raises Unfilled with the range it wanted, and nothing is committed."""
+    me = await api.me()
+    data = write_random(tmp_path / "orig", 24 * MiB).read_bytes()
+    transfer = Transfer(api)
+    committed = []
+    node = await transfer.upload_file(tmp_path / "orig", parent_id=me.root_id, name="f",
+                                      on_committed=lambda refs, fid: committed.append(refs))
+    refs = committed[0]
+    copy = tmp_path / "copy"
+    with open(copy, "wb") as f:  # sparse: only the chunk around the edit is there
+        f.truncate(len(data))
+    edited = next(r for r in refs if r.offset <= 10 * MiB < r.offset + r.size)
+    with open(copy, "r+b") as f:
+        f.seek(edited.offset)
+        f.write(data[edited.offset:edited.offset + edited.size])
+        f.seek(10 * MiB)
+        f.write(b"changed")
+    st = copy.stat()
+    holes = SparseFile(1, [Hole(r.offset, r.size, r.hash, node.id, node.version) for r in refs if r != edited])
+    known = KnownContent(refs, ((10 * MiB, 10 * MiB + 7),), (st.st_dev, st.st_ino))
+    fills = 0
+    while True:
+        try:
+            got = await transfer.upload_file(copy, node_id=node.id, base_version=node.version, known=known,
+                                             holes=holes)
+            break
+        except Unfilled as e:  # what the mount does: fill the holes under the range, and try again
+            fills += 1
+            filled = holes.within(e.start, e.end)
+            assert filled, "Unfilled names a range with no hole in it"
+            with open(copy, "r+b") as f:
+                for h in filled:
+                    f.seek(h.offset)
+                    f.write(data[h.offset:h.offset + h.size])
+            holes.discard(filled)
+    assert 1 <= fills <= 3 and len(holes) >= len(refs) - 5  # a few chunks after the edit, not the file
+    expected = bytearray(data)
+    expected[10 * MiB:10 * MiB + 7] = b"changed"
+    (tmp_path / "expected").write_bytes(expected)
+    assert got.content_hash == content_hash(manifest_of(tmp_path / "expected"))
+    # Without a record of what changed, the cut would read it all: refused at once, for all of it.
+    with pytest.raises(Unfilled) as e:
+        await transfer.upload_file(copy, node_id=got.id, base_version=got.version, holes=holes)
+    assert (e.value.start, e.value.end) == (0, len(data))
