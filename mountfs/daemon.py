@@ -35,6 +35,7 @@ from .fs import DriveOperations
 from .listener import FeedListener
 from .pinner import Pinner
 from .reader import Reader
+from .sparse import Filler
 from .syncer import Syncer
 from .vfs import Vfs
 
@@ -70,7 +71,9 @@ class Mount:
         self.reader = Reader(self.tree, self.chunks, self.client, self._fetch, fetch_ranges=self._fetch_ranges)
         self._spares_low = trio.Event()
         self.spares = SpareFiles(self.tree.files_dir, on_low=self._want_spares)
-        self.vfs = Vfs(self.tree, self.reader, self.client, self._wake, cfg.user, spares=self.spares)
+        self.filler = Filler(self.tree.holes, self._fetch)
+        self.vfs = Vfs(self.tree, self.reader, self.client, self._wake, cfg.user, spares=self.spares,
+                       filler=self.filler)
         self.syncer = Syncer(self.vfs, self.tree, self.client, self.transfer, cfg.device)
         # The feed has its own client: a long-poll must not wait behind the interactive retry budget.
         self.feed_client = ApiClient(cfg.server, creds.token, device=cfg.device,
@@ -148,6 +151,10 @@ class Mount:
             if e.local_data and path.exists():
                 st = path.stat()
                 self.tree.update(e.inode, size=st.st_size, mtime_ns=st.st_mtime_ns)
+                try:
+                    self.tree.holes.cut(e.inode, st.st_size)  # a truncate killed before it dropped them
+                except ValueError as exc:  # cannot happen: a truncate fills the hole it ends in first
+                    log.error("local copy of %r is shorter than its holes say: %s", e.name, exc)
             elif e.local_data:
                 log.error("local data of %r (inode %d) is missing; it cannot be uploaded", e.name, e.inode)
         # Listed folders stay listed: the feed, resumed from the saved cursor, brings what changed
@@ -220,6 +227,9 @@ class Mount:
                 # Bytes read, cut and hashed to upload since the mount started (an edit's commit cuts
                 # only around what changed).
                 "cut_bytes": self.transfer.statistics().bytes_cut,
+                # Bytes of sparse local copies filled in since the mount started: a write into a big
+                # file fetches only the chunks it touches, and the rest comes when something reads it.
+                "filled_bytes": self.filler.filled_bytes,
                 "pinned": self._pinned_totals(await self.pinner.summaries()),
                 "last_sync": s.last_sync, "last_error": s.last_error,
                 "uploading": {"name": s.uploading} if s.uploading else {}}

@@ -254,8 +254,11 @@ class Pinner:
         """Pin and fetch the chunks of the file's current version. With `guard`, a file that would push
         the pinned chunks past the cache limit is left to on-demand reads (summing the pinned chunks
         reads the whole cache index, so the pin command, which checked the room first, skips it)."""
-        if e.local_data or e.node_id is None or e.size == 0:
-            return  # the local copy is the content, and the evictor keeps it while pinned
+        if e.local_data:
+            await self._keep_holes(e)  # the local copy is the content, and the evictor keeps it while pinned
+            return
+        if e.node_id is None or e.size == 0:
+            return
         chunks = await self.layout(e)
         tag = owner(e.inode)
         self.chunks.unpin_owner(tag)  # an older version's chunks
@@ -274,8 +277,29 @@ class Pinner:
                 return  # changed meanwhile: `changed` has queued it again
             await self.fetch(e.node_id, e.version, absent[i:i + FETCH_WINDOW])
 
+    async def _keep_holes(self, e: Entry) -> None:
+        """A sparse local copy: the chunks it has not fetched yet are pinned and fetched into the chunk
+        cache, where filling its holes finds them (with the server away, too)."""
+        sf = self.tree.holes.get(e.inode)
+        if not sf:
+            return
+        tag = owner(e.inode)
+        self.chunks.unpin_owner(tag)
+        self.chunks.pin({h.hash for h in sf.holes()}, tag)
+        sources: dict[tuple[int, int], dict[str, int]] = {}
+        for h in sf.holes():
+            if h.hash not in self.chunks:
+                sources.setdefault((h.node_id, h.version), {})[h.hash] = h.size
+        for (node_id, version), absent in sources.items():
+            items = list(absent.items())
+            for i in range(0, len(items), FETCH_WINDOW):
+                await self.fetch(node_id, version, items[i:i + FETCH_WINDOW])
+
     def _missing_bytes(self, f: Entry) -> int:
-        if f.local_data or f.size == 0:
+        if f.local_data:
+            sf = self.tree.holes.get(f.inode)
+            return sum(h.size for h in sf.holes() if h.hash not in self.chunks) if sf else 0
+        if f.size == 0:
             return 0
         stored = self.tree.manifest(f.inode)
         if stored is None or stored[0] != f.version:

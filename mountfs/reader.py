@@ -7,7 +7,7 @@ import bisect
 import errno
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +48,27 @@ AHEAD_URLS = 64
 # chunks are answered from these instead of from the chunk files just written. About the read-ahead
 # window (8 chunks of 1 MiB on average); past this the oldest are let go (they are in the cache still).
 FRESH_BYTES = 16 * 2**20
+
+
+async def fetch_into(fetch: Fetch, fd: int, node_id: int, version: int,
+                     placed: Iterable[tuple[str, int, int]]) -> None:
+    """Write chunks of a version into `fd`, each (hash, size, offset) at its offset (a chunk that occurs
+    more than once is fetched once): from the chunk cache or fetched several at a time, each written as it
+    arrives, and not also stored in the chunk cache (the file holds the bytes)."""
+    at: dict[str, list[int]] = {}
+    sizes: dict[str, int] = {}
+    for h, size, offset in placed:
+        at.setdefault(h, []).append(offset)
+        sizes[h] = size
+    if not sizes:
+        return
+
+    async def write(h: str, data: bytes | bytearray) -> None:
+        # In a worker thread: a chunk's pwrite takes a millisecond or more, which FUSE requests on the trio
+        # thread would otherwise wait for, and it overlaps the next chunks' receiving.
+        await trio.to_thread.run_sync(pwrite_all, fd, data, at[h])
+
+    await fetch(node_id, version, list(sizes.items()), write, (), store=False)
 
 
 @dataclass(frozen=True)
@@ -135,21 +156,11 @@ class Reader:
         are not also written into the chunk cache (the local copy holds the bytes; once it is committed
         the cache can be filled again by reads)."""
         layout = await self.layout(e)
-        at: dict[str, list[int]] = {}
-        for h, start in zip(layout.hashes, layout.starts):
-            at.setdefault(h, []).append(start)
-
-        chunks = list(dict.fromkeys(zip(layout.hashes, layout.sizes)))
-        if chunks:
+        if layout.hashes:
             assert e.node_id is not None  # layout() has a chunk list only for a file the server has
-
-            async def write(h: str, data: bytes | bytearray) -> None:
-                # In a worker thread: a chunk's pwrite takes a millisecond or more, which FUSE requests on
-                # the trio thread would otherwise wait for, and it overlaps the next chunks' receiving.
-                await trio.to_thread.run_sync(pwrite_all, fd, data, at[h])
-
             try:
-                await self.fetch(e.node_id, layout.version, chunks, write, (), store=False)
+                await fetch_into(self.fetch, fd, e.node_id, layout.version,
+                                 zip(layout.hashes, layout.sizes, layout.starts))
             except rerr.RemoteError as exc:
                 raise FsError(errno.EIO, f"cannot fetch data of {e.name!r}: {exc}") from None
         return layout

@@ -20,12 +20,19 @@ from typing import Any
 
 import trio
 
+from cache.edits import TO_END
+from cache.holes import Unfilled
 from cache.tree import Entry, Op, Tree
 from remote import errors as rerr
 from remote.client import SMALL_FILE_BYTES, SMALL_FILES, SMALL_FILES_BYTES
 from remote.models import SmallFile
 
 log = logging.getLogger("drivefs.syncer")
+
+
+class Unfillable(Exception):
+    """A sparse local copy cannot be completed: its missing chunks are no longer readable on the server."""
+
 
 Report = Callable[[dict], Awaitable[None]]
 # A small file to send inline: what it is for (its create op or its entry), the file, the content
@@ -384,6 +391,8 @@ class Syncer:
         """A file's local copy read whole, its mtime and the content generation read, if it is at most
         SMALL_FILE_BYTES long (None otherwise, or when it has no local copy)."""
         gen = self.vfs.live_gen(e.inode)  # before the read: a write after it leaves the file dirty
+        if e.inode in self.tree.holes:
+            return None  # a sparse copy (big when made) goes up the usual way, which fills what it reads
         try:
             with open(self.tree.data_path(e.inode), "rb") as f:
                 st = os.fstat(f.fileno())
@@ -576,6 +585,12 @@ class Syncer:
     # ---- file contents -------------------------------------------------------------------------
 
     async def upload_content(self, e: Entry) -> None:
+        try:
+            await self._upload_content(e)
+        except Unfillable as exc:  # this file waits; the others go on
+            self._note_error(str(exc))
+
+    async def _upload_content(self, e: Entry) -> None:
         if e.node_id is None or not e.local_data:
             return
         try:
@@ -657,17 +672,25 @@ class Syncer:
         await self._create_file(cur, parent.node_id, e.name)
 
     async def _commit_content(self, e: Entry, **target: Any) -> Any:
-        gen = self.vfs.live_gen(e.inode)
         path = self.tree.data_path(e.inode)
-        mtime_ns = os.stat(path).st_mtime_ns
         base = target.get("base_version")
-        known = self.vfs.edits.take(e.inode, base, gen) if base is not None else None
         cut: list[tuple[Any, Any]] = []
         self.uploading = e.name
         try:
-            node = await self.transfer.upload_file(
-                path, mode=e.mode, mtime_ns=mtime_ns, index=self.tree.index, upload_key=f"inode:{e.inode}",
-                known=known, on_committed=lambda refs, file_id: cut.append((refs, file_id)), **target)
+            while True:
+                gen = self.vfs.live_gen(e.inode)
+                mtime_ns = os.stat(path).st_mtime_ns
+                known = self.vfs.edits.take(e.inode, base, gen) if base is not None else None
+                try:
+                    node = await self.transfer.upload_file(
+                        path, mode=e.mode, mtime_ns=mtime_ns, index=self.tree.index, upload_key=f"inode:{e.inode}",
+                        known=known, on_committed=lambda refs, file_id: cut.append((refs, file_id)),
+                        holes=self.tree.holes.get(e.inode), **target)
+                    break
+                except Unfilled as hole:
+                    # A sparse copy: fetch what the cut wanted to read (all of it for a whole cut), and cut
+                    # again; the chunks already sent are not sent twice.
+                    await self._fill(e, hole.start, hole.end)
         finally:
             self.uploading = None
         self._committed(e.inode, node, gen)
@@ -677,6 +700,14 @@ class Syncer:
             self.vfs.edits.drop(e.inode)
         log.info("committed %r as version %d (%d bytes)", e.name, node.version, node.size)
         return node
+
+    async def _fill(self, e: Entry, start: int, end: int) -> None:
+        """Fill bytes [start, end) of a sparse local copy, for a reader of it by name."""
+        try:
+            await self.vfs.fill_copy(e.inode, start, end)
+        except rerr.NotFound as exc:  # not the file being gone: the chunks it lacks are
+            raise Unfillable(f"{e.name!r} cannot be uploaded: the parts of it this device never fetched "
+                             f"are no longer readable on the server ({exc})") from None
 
     def _committed(self, inode: int, node: Any, gen: int) -> None:
         """Record a commit of the content of generation `gen`: the file is clean unless written since.
@@ -705,6 +736,7 @@ class Syncer:
                 break
         assert e.node_id is not None
         server = await self.remote.get_node(e.node_id)
+        await self._fill(e, 0, TO_END)  # the copy becomes a new file: all of it is read
         ours = self.tree.data_path(e.inode)
         copy_path: Path | None = None
         try:

@@ -8,22 +8,27 @@ network to change the tree.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any, BinaryIO
 
 import trio
 
 from cache.edits import TO_END, Edits, file_id
+from cache.holes import Hole, SparseFile
 from cache.spares import SpareFiles
 from cache.tree import ROOT_INODE, SHARED_INODE, SHARED_NAME, Entry, Tree
 from remote import errors as rerr
 
 from .errors import FsError
+from .reader import Layout
+from .sparse import SPARSE_MIN, Filler
 
 log = logging.getLogger("drivefs.vfs")
 
@@ -44,6 +49,7 @@ class Handle:
     last_end: int = -1
     wrote: bool = False
     version: int = 0  # the server version a reader sees for as long as it keeps the file open
+    sparse: SparseFile | None = None  # the holes of the copy `fd` is open on, if it was sparse
 
 
 @dataclass(frozen=True)
@@ -105,8 +111,9 @@ class Vfs:
     """The mounted drive's tree and file contents, as the kernel sees them."""
 
     def __init__(self, tree: Tree, reader: Any, remote: Any, wake_syncer: Callable[[], None], user: str,
-                 spares: SpareFiles | None = None) -> None:
+                 spares: SpareFiles | None = None, filler: Filler | None = None) -> None:
         self.tree = tree
+        self.filler = filler  # without one, local copies are always fetched whole
         self.spares = spares
         self.reader = reader
         self.remote = remote
@@ -486,8 +493,9 @@ class Vfs:
             e = self.entry(inode)
             if e.local_data:
                 self.live.stat.pop(inode, None)
-                st = os.stat(self.tree.data_path(inode))
-                os.utime(self.tree.data_path(inode), ns=(st.st_atime_ns, mtime_ns))
+                async with self._changing(inode):
+                    st = os.stat(self.tree.data_path(inode))
+                    os.utime(self.tree.data_path(inode), ns=(st.st_atime_ns, mtime_ns))
         if changes:
             with self.tree.index.batched() as batch:  # like a create: tar and cp -p set both on every file
                 ctime_ns = time.time_ns()
@@ -508,14 +516,22 @@ class Vfs:
             return
         if size != 0:
             await self.materialize(e)
-        # Marked dirty before the local copy changes: killed in between, the index must not call a
-        # truncated copy clean (the mount would show the cut bytes and never upload them).
-        self._touched(e.inode, size, TO_END)
-        if size == 0:
-            with open(path, "wb"):
-                pass
-        else:
-            os.truncate(path, size)
+        async with self._changing(e.inode):
+            sf = self.tree.holes.get(e.inode)
+            if sf is not None and any(h.offset < size for h in sf.within(size, size + 1)):
+                with self._copy_fd(e.inode) as fd:  # the new end falls inside a hole
+                    await self._fill(sf, fd, size - 1, size)
+            # Marked dirty before the local copy changes: killed in between, the index must not call a
+            # truncated copy clean (the mount would show the cut bytes and never upload them).
+            self._touched(e.inode, size, TO_END)
+            if size == 0:
+                with open(path, "wb"):
+                    pass
+            else:
+                os.truncate(path, size)
+            # After the cut, not before: killed in between, holes past the end are dropped at start
+            # (Mount.recover); the other way, a copy not yet cut would hold zeros where its holes were.
+            self.tree.holes.cut(e.inode, size)
 
     # ---- file contents -------------------------------------------------------------------------
 
@@ -549,17 +565,21 @@ class Vfs:
     def _fd(self, h: Handle) -> int | None:
         if h.fd is None and self.entry(h.inode).local_data:
             h.fd = os.open(self.tree.data_path(h.inode), os.O_RDWR)
+            h.sparse = self.tree.holes.get(h.inode)
         return h.fd
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         h = self.handle(fh)
         fd = self._fd(h)
-        if fd is not None:
-            return os.pread(fd, size, offset)
-        e = self.entry(h.inode)
         # Where a read ends is noted when it is asked, not when answered: the kernel sends a sequential
         # reader's next reads (its read-ahead) while the earlier ones are still being fetched.
         sequential, h.last_end = offset == h.last_end, offset + size
+        if fd is not None:
+            holes = h.sparse.within(offset, offset + size) if h.sparse else []
+            if holes:
+                return await self._read_sparse(h, fd, offset, size, holes, sequential)
+            return os.pread(fd, size, offset)
+        e = self.entry(h.inode)
         return await self.reader.read(e, offset, size, sequential=sequential,
                                       version=h.version if not h.writable else None)
 
@@ -572,6 +592,13 @@ class Vfs:
             await self.materialize(self.entry(h.inode))
             fd = self._fd(h)
             assert fd is not None
+        if h.sparse:
+            async with self._lock(h.sparse):
+                await self._fill(h.sparse, fd, offset, offset + len(data))
+                return self._write_at(h, fd, offset, data)
+        return self._write_at(h, fd, offset, data)
+
+    def _write_at(self, h: Handle, fd: int, offset: int, data: bytes) -> int:
         # Marked dirty before the bytes land: neither a kill in between nor an index that cannot record
         # it (cache disk full: the write then fails with nothing written) leaves changed bytes clean.
         self._touched(h.inode, offset, offset + len(data))
@@ -600,18 +627,77 @@ class Vfs:
         """The index row may be clean now: the next write must look again (and mark it dirty)."""
         self.live.known_dirty.discard(inode)
 
-    async def materialize(self, e: Entry) -> None:
-        """Give a file a whole local copy so it can be written in place."""
-        if e.local_data:
-            return
+    # ---- sparse local copies (see cache/holes.py) -----------------------------------------------
+
+    def _lock(self, sf: SparseFile) -> Any:
+        assert self.filler is not None  # holes are only made with one
+        return self.filler.lock(sf)
+
+    def _changing(self, inode: int) -> Any:
+        """Held while the local copy of `inode` changes other than by a write through a handle: no fill of
+        it may run meanwhile (a fill puts the copy's mtime back)."""
+        sf = self.tree.holes.get(inode)
+        return self._lock(sf) if sf is not None else contextlib.nullcontext()
+
+    async def _fill(self, sf: SparseFile, fd: int, start: int, end: int) -> None:
+        assert self.filler is not None
+        try:
+            await self.filler.fill(sf, fd, start, end)
+        except rerr.RemoteError as exc:
+            raise FsError(errno.EIO, f"cannot fetch the chunks a local copy lacks: {exc}") from None
+        except OSError as exc:
+            raise FsError(exc.errno or errno.EIO, f"cannot fill the local copy: {exc}") from None
+
+    async def fill_copy(self, inode: int, start: int = 0, end: int = TO_END) -> None:
+        """Fill the holes of the local copy of `inode` within [start, end) (all of them by default), for a
+        reader of the copy by name (an upload, a conflicted copy, a pin). Raises what Filler.fill does."""
+        sf = self.tree.holes.get(inode)
+        if sf:
+            assert self.filler is not None
+            async with self._lock(sf):
+                with self._copy_fd(inode) as fd:
+                    await self.filler.fill(sf, fd, start, end)
+
+    @contextlib.contextmanager
+    def _copy_fd(self, inode: int) -> Iterator[int]:
+        fd = os.open(self.tree.data_path(inode), os.O_RDWR)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    async def _read_sparse(self, h: Handle, fd: int, offset: int, size: int, holes: list[Hole],
+                           sequential: bool) -> bytes:
+        """Bytes [offset, offset + size) of a sparse copy: what it holds from the copy, and each hole from
+        its chunk through the reader (the chunk cache, read-ahead, ranged fetches), like a file with no
+        local copy. Reading does not fill: a hole is at the same offset in the version it came from, and
+        nothing but a fill writes it, so the copy stays small and a reader never waits for an fsync."""
+        end = offset + size
+        e = self.entry(h.inode)
+        parts: list[bytes] = []
+        pos = offset
+        for hole in holes:
+            start, stop = max(hole.offset, offset), min(hole.end, end)
+            if pos < start:
+                parts.append(os.pread(fd, start - pos, pos))
+            base = replace(e, node_id=hole.node_id)
+            parts.append(await self.reader.read(base, start, stop - start, sequential=sequential,
+                                                version=hole.version))
+            pos = stop
+        if pos < end:
+            parts.append(os.pread(fd, end - pos, pos))
+        return b"".join(parts)
+
+    async def _new_copy(self, e: Entry,
+                        write: Callable[[BinaryIO], Awaitable[Layout]]) -> tuple[Layout, os.stat_result]:
+        """Make `e`'s local copy: `write` fills a temporary file and returns the layout it wrote, which is
+        then put in place with the file's mtime. Returns that layout and the copy's stat."""
         path = self.tree.data_path(e.inode)
         tmp = path.with_name(path.name + ".part")
-        layout = None
         try:
             with open(tmp, "wb") as f:
-                if e.size and e.node_id is not None:
-                    layout = await self.reader.copy_to(e, f.fileno())
-                    f.truncate(layout.size)
+                layout = await write(f)
+                f.truncate(layout.size)
                 st = os.fstat(f.fileno())
             os.utime(tmp, ns=(e.mtime_ns, e.mtime_ns))
             os.replace(tmp, path)
@@ -619,8 +705,46 @@ class Vfs:
             tmp.unlink(missing_ok=True)
             raise
         self.live.stat.pop(e.inode, None)
+        return layout, st
+
+    async def _materialize_sparse(self, e: Entry) -> None:
+        """Give a big file a local copy that holds none of its chunks yet: each is fetched when a write or
+        a read first needs it (Filler)."""
+        assert e.node_id is not None
+        layout = await self.reader.layout(e)
+        e = self.entry(e.inode)
+        if e.local_data:
+            return
+        if e.version != layout.version:  # another device's version came meanwhile: the copy is of that
+            await self._materialize_sparse(e)
+            return
+
+        async def nothing(f: BinaryIO) -> Layout:
+            return layout
+
+        _, st = await self._new_copy(e, nothing)
+        refs = layout.refs()
+        with self.tree.index.transaction():
+            self.tree.update(e.inode, local_data=True)
+            self.tree.holes.make(e.inode, [Hole(r.offset, r.size, r.hash, e.node_id, layout.version) for r in refs])
+        self.edits.known(e.inode, layout.version, refs, file_id(st), self.live_gen(e.inode))
+
+    async def materialize(self, e: Entry) -> None:
+        """Give a file a local copy so it can be written in place: whole, or sparse for a big one."""
+        if e.local_data:
+            return
+        if self.filler is not None and e.node_id is not None and e.size >= SPARSE_MIN:
+            await self._materialize_sparse(e)
+            return
+
+        async def whole(f: BinaryIO) -> Layout:
+            if e.size and e.node_id is not None:
+                return await self.reader.copy_to(e, f.fileno())
+            return Layout.of(e.version, [])
+
+        layout, st = await self._new_copy(e, whole)
         self.tree.update(e.inode, local_data=True)
-        if layout is not None:  # the first commit after this write cuts only what the writes change
+        if layout.hashes:  # the first commit after this write cuts only what the writes change
             self.edits.known(e.inode, layout.version, layout.refs(), file_id(st), self.live_gen(e.inode))
 
     def _persist(self, inode: int) -> None:

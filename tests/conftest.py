@@ -91,14 +91,24 @@ def user(server: ServerProcess) -> Iterator[tuple[str, httpx.Client]]:
         yield name, c
 
 
-@pytest.fixture
-def mount(server: ServerProcess, tmp_path: Path) -> Iterator[MountProcess]:
-    """A mounted drive of a new user on the session's server."""
-    name, token = server.add_user()
-    m = MountProcess(server, name, token, tmp_path / "m")
+def _one_mount(srv: ServerProcess, root: Path) -> Iterator[MountProcess]:
+    name, token = srv.add_user()
+    m = MountProcess(srv, name, token, root / "m")
     m.mount()
     yield m
     m.cleanup()
+
+
+@pytest.fixture
+def mount(server: ServerProcess, tmp_path: Path) -> Iterator[MountProcess]:
+    """A mounted drive of a new user on the session's server."""
+    yield from _one_mount(server, tmp_path)
+
+
+@pytest.fixture
+def mount_own_server(fresh_server: ServerProcess, tmp_path: Path) -> Iterator[MountProcess]:
+    """A mounted drive on a server of the test's own, which the test may stop and start."""
+    yield from _one_mount(fresh_server, tmp_path)
 
 
 def _two_mounts(srv: ServerProcess, root: Path) -> Iterator[tuple[MountProcess, MountProcess]]:
