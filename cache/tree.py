@@ -294,9 +294,16 @@ class Tree:
         ).fetchall():
             yield Op(seq, kind, inode, parent, name, other, json.loads(args), attempts)
 
-    def op_done(self, seq: int) -> None:
+    def ops_of(self, inode: int, kind: str) -> list[Op]:
+        """The queued ops of one kind on one node, in queue order."""
+        return [Op(seq, kind, inode, parent, name, other, json.loads(args), attempts)
+                for seq, parent, name, other, args, attempts in self.conn.execute(
+                    "SELECT seq, parent_inode, name, other_inode, args, attempts FROM ops"
+                    " WHERE inode = ? AND kind = ? ORDER BY seq", (inode, kind))]
+
+    def op_done(self, *seqs: int) -> None:
         with self.index.transaction():
-            self.conn.execute("DELETE FROM ops WHERE seq = ?", (seq,))
+            self.conn.executemany("DELETE FROM ops WHERE seq = ?", ((seq,) for seq in seqs))
 
     def op_failed(self, seq: int, error: str) -> None:
         with self.index.transaction():

@@ -258,16 +258,14 @@ class Syncer:
             batch = list(self.tree.ops(limit=2 * REPLAY_RUN))
             if not batch:
                 return
-            i = 0
-            while i < len(batch):
+            for i, op in enumerate(batch):
                 await self._quiet_moment()
-                creates, setattrs = self._independent_creates(batch, i)
+                creates = self._independent_creates(batch, i)
                 if creates:
-                    await self._replay_creates(creates, setattrs)
-                    i += len(creates) + len(setattrs)
-                else:
-                    await self._replay(batch[i])
-                    i += 1
+                    # The run also settles later ops of its nodes (their setattrs), so read the queue again.
+                    await self._replay_creates(creates)
+                    break
+                await self._replay(op)
 
     async def _replay(self, op: Op) -> Any:
         """Apply one op and drop it from the queue; the node it created, if it created one."""
@@ -286,23 +284,22 @@ class Syncer:
                 self.vfs.collect(inode)
         return node
 
-    def _independent_creates(self, batch: list[Op], start: int) -> tuple[list[Op], list[Op]]:
-        """The run of creates from `start` that may go up at once, and the setattrs folded into them.
+    def _independent_creates(self, batch: list[Op], start: int) -> list[Op]:
+        """The run of creates from `start` that may go up at once.
 
         Creates of new names do not depend on each other (a second create of the same name would need
         an unlink or rename between them, which ends the run), only on their folder: one that already
         has a server id, or a folder made earlier in the run (the run goes up in waves, see
-        _replay_creates). A setattr of a node created in the run only needs its create first: it is
-        checked after the run, and usually the create already carried its mode and mtime. Anything
-        else ends the run, keeping every other op in queue order.
+        _replay_creates). A setattr of a node created in the run only needs its create first, so it
+        does not end the run: the create usually carries its mode and mtime (see _settle_setattrs).
+        Anything else ends the run, keeping every other op in queue order.
         """
         creates: list[Op] = []
-        setattrs: list[Op] = []
         inodes: set[int] = set()
         folders: set[int] = set()
         for op in batch[start:]:
             if op.kind == "setattr" and op.inode in inodes:
-                setattrs.append(op)
+                continue
             elif op.kind in CREATE_KINDS and op.inode not in inodes and len(creates) < REPLAY_RUN \
                     and (op.parent_inode in folders or self._node_id(op.parent_inode) is not None):
                 creates.append(op)
@@ -311,33 +308,48 @@ class Syncer:
                     folders.add(op.inode)
             else:
                 break
-        return creates, setattrs
+        return creates
 
-    async def _replay_creates(self, creates: list[Op], setattrs: list[Op]) -> None:
-        """Replay a run of creates in waves, then their setattrs: each wave is every create whose folder
-        has its server id by then, so the folders one wave makes let the creates inside them go in the
-        next (a tar of nested folders takes a few waves per run, not a run per folder).
+    async def _replay_creates(self, creates: list[Op]) -> None:
+        """Replay a run of creates in waves: each wave is every create whose folder has its server id by
+        then, so the folders one wave makes let the creates inside them go in the next (a tar of nested
+        folders takes a few waves per run, not a run per folder). The setattrs of the nodes made are
+        settled as the creates succeed, even when another create of the run fails.
 
         Each create is idempotent on retry (saved upload session, adoption of a lost answer), so one
         failing or being cancelled leaves its op queued and harmless. The first failure is raised once
         the others of its wave finished, as a plain exception the loop in run() knows how to retry.
         """
         created: dict[int, Any] = {}
-        waiting = creates
-        while waiting:
-            wave = [op for op in waiting if self._node_id(op.parent_inode) is not None]
-            if not wave:
-                break
-            waiting = [op for op in waiting if self._node_id(op.parent_inode) is None]
-            created.update(await self._replay_wave(wave))
-        for op in waiting:  # their folder did not get made as such (say it became a conflicted copy)
-            created[op.inode] = await self._replay(op)
-        for op in setattrs:
-            if _carries(created.get(op.inode), op.args):
-                self.tree.op_done(op.seq)  # the create already sent this mode and mtime
-                self.vfs.collect(op.inode)
-            else:
-                await self._replay(op)
+        try:
+            waiting = creates
+            while waiting:
+                wave = [op for op in waiting if self._node_id(op.parent_inode) is not None]
+                if not wave:
+                    break
+                waiting = [op for op in waiting if self._node_id(op.parent_inode) is None]
+                created.update(await self._replay_wave(wave))
+            for op in waiting:  # their folder did not get made as such (say it became a conflicted copy)
+                created[op.inode] = await self._replay(op)
+        finally:
+            for inode, node in created.items():
+                self._settle_setattrs(inode, node)
+
+    def _settle_setattrs(self, inode: int, node: Any) -> None:
+        """Drop the queued setattrs of a node just created if the create already sent what they end at.
+
+        A create sends the mode and mtime the node has when it goes up, so the setattrs queued before
+        (or while) it went up usually add nothing, however many there are and wherever they sit in the
+        queue. Taken one by one they could undo it: chmod 644 then 600 before the create, which sent
+        600, must not send 644. So all of them are dropped, or none (they then go up in queue order).
+        """
+        ops = self.tree.ops_of(inode, "setattr")
+        final: dict[str, Any] = {}
+        for op in ops:
+            final.update((k, v) for k, v in op.args.items() if v is not None)
+        if ops and _carries(node, final):
+            self.tree.op_done(*(op.seq for op in ops))
+            self.vfs.collect(inode)
 
     async def _replay_wave(self, creates: list[Op]) -> dict[int, Any]:
         """Replay creates that do not depend on each other: the small closed files together, inline,

@@ -70,6 +70,30 @@ def test_queued_burst_replays_concurrently_parents_first(proxied):
     assert os.stat(m / "one/sub/f3.txt").st_mtime_ns == MTIME_NS + 3
 
 
+def test_queued_setattrs_end_where_the_file_does(proxied):
+    """Mode and mtime changed back and forth while the create waits: the server ends with the last ones,
+    which the create carries, and no setattr goes up on its own (taken one by one, 644 would win)."""
+    proxy, mount, view = proxied
+    held = proxy.add(r"^(POST|PATCH|PUT|DELETE) ", "status", status=503)
+    names = {"small.txt": 10, "big.bin": BIG + 1}
+    for name, size in names.items():
+        p = mount.path / name
+        p.write_bytes(os.urandom(size))
+        os.chmod(p, 0o644)
+        os.utime(p, ns=(MTIME_NS, MTIME_NS))
+        os.chmod(p, 0o600)
+        os.utime(p, ns=(MTIME_NS, MTIME_NS + 1))
+
+    proxy.remove(held)
+    setattrs = proxy.add(r"^PATCH /api/v1/nodes/", "pass")
+    mount.flush()
+
+    nodes = view.nodes()
+    for name in names:
+        assert (nodes[name]["mode"] & 0o7777, nodes[name]["mtime_ns"]) == (0o600, MTIME_NS + 1), name
+    assert setattrs.hits == 0
+
+
 def test_edited_small_files_go_up_together(proxied):
     proxy, mount, view = proxied
     m = mount.path
