@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
@@ -209,35 +207,13 @@ def _manifest(chunks: list[bytes]) -> dict:
     return {"manifest": [{"hash": sha(c), "size": len(c)} for c in chunks], "size": sum(map(len, chunks))}
 
 
-class UserPool:
-    """Users made ahead in small parallel batches: `drive user add` costs ~0.4 s of start-up each."""
-
-    def __init__(self, server: ServerProcess, batch: int = 6) -> None:
-        self.server = server
-        self.batch = batch
-        self._ready: list[tuple[str, str]] = []
-        self._lock = threading.Lock()
-
-    def take(self) -> tuple[str, str]:
-        with self._lock:
-            if not self._ready:
-                with ThreadPoolExecutor(self.batch) as ex:
-                    self._ready = list(ex.map(lambda _: self.server.add_user(), range(self.batch)))
-            return self._ready.pop()
-
-
-@pytest.fixture(scope="session")
-def user_pool(server: ServerProcess) -> UserPool:
-    return UserPool(server)
-
-
 @pytest.fixture
-def make_drive(user_pool: UserPool) -> Iterator[Callable[[], Drive]]:
+def make_drive(server: ServerProcess) -> Iterator[Callable[[], Drive]]:
     """A factory of new users on the session server, each with its own empty drive."""
     made: list[Drive] = []
 
     def make() -> Drive:
-        d = Drive(user_pool.server, *user_pool.take())
+        d = Drive(server, *server.add_user())
         made.append(d)
         return d
 
@@ -257,9 +233,9 @@ def bob(make_drive) -> Drive:
 
 
 @pytest.fixture(scope="module")
-def mod_drive(user_pool: UserPool) -> Iterator[Drive]:
+def mod_drive(server: ServerProcess) -> Iterator[Drive]:
     """One user shared by a module's tests, each of which works in its own folder (see `home`)."""
-    d = Drive(user_pool.server, *user_pool.take())
+    d = Drive(server, *server.add_user())
     yield d
     d.close()
 

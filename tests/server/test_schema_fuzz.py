@@ -21,7 +21,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from tests.fixtures.server import ServerProcess
-from tests.server.conftest import OPERATIONS, Drive, UserPool
+from tests.server.conftest import OPERATIONS, Drive
 
 # No `explain` phase: it re-runs failures under sys.settrace, which takes minutes with big generated inputs.
 FUZZ = settings(max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck),
@@ -38,9 +38,9 @@ def api_schema(server: ServerProcess):
 
 
 @pytest.fixture(scope="module")
-def fuzzer(user_pool: UserPool) -> Drive:
+def fuzzer(server: ServerProcess) -> Drive:
     """A user with a little content, so that small generated ids sometimes hit real nodes."""
-    d = Drive(user_pool.server, *user_pool.take())
+    d = Drive(server, *server.add_user())
     folder = d.mkdir(d.root, "fuzz")
     d.commit(folder["id"], "file", b"some content")
     d.symlink(folder["id"], "link", "file")

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.server.conftest import Drive, UserPool, error_of, ok, random_chunks, sha, unique
+from tests.fixtures.server import ServerProcess
+from tests.server.conftest import Drive, error_of, ok, random_chunks, sha, unique
 
 
 @dataclass
@@ -25,8 +26,8 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(user_pool: UserPool):
-    drives = [Drive(user_pool.server, *user_pool.take()) for _ in range(5)]
+def world(server: ServerProcess):
+    drives = [Drive(server, *server.add_user()) for _ in range(5)]
     owner, read, write, stranger, other = drives
     folder = owner.mkdir(owner.root, "S")
     ok(owner.post(f"/nodes/{folder['id']}/shares", {"user": read.name, "permission": "read"}), 201)
