@@ -4,6 +4,11 @@ DRIVE_TEST_BACKEND picks what every server runs on: `embedded` (default: SQLite 
 data directory) or `scaled` (PostgreSQL and SeaweedFS's S3, one of each for the session, a database and a
 key prefix per server). Tests marked `embedded_only` look into the embedded files and skip when scaled;
 tests marked `needs_scaled` need PostgreSQL and S3 and skip when embedded.
+
+Tests marked `client_side` are about what the client does with the server calls it makes (crashes, offline
+work, sparse copies, pins, edit records, write-back batching, programs run on the mount); those calls are
+tested on each backend by tests/server, tests/remote, tests/scaled and the other end-to-end tests.
+scripts/test runs them once, in the embedded pass, to keep CI within its time.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"DRIVE_TEST_BACKEND={BACKEND!r}: use embedded or scaled")
     config.addinivalue_line("markers", "embedded_only: looks into SQLite or the blob folder (skipped when scaled)")
     config.addinivalue_line("markers", "needs_scaled: needs PostgreSQL and S3 (run with DRIVE_TEST_BACKEND=scaled)")
+    config.addinivalue_line("markers", "client_side: the client's own behaviour, the same on either backend "
+                                       "(scripts/test runs it in the embedded pass only)")
 
 
 def pytest_report_header(config: pytest.Config) -> str:

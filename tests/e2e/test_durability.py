@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 
 import httpx
+import pytest
 
 from tests.e2e.helpers import download, server_listing
+
+pytestmark = pytest.mark.client_side  # once, in the embedded pass: see tests/conftest.py
 
 
 def server_bytes(mount, path: str) -> bytes | None:

@@ -8,8 +8,12 @@ import os
 import random
 import shutil
 
+import pytest
+
 from cache.chunker import MAX_CHUNK, manifest_of
 from tests.e2e.helpers import download
+
+pytestmark = pytest.mark.client_side  # once, in the embedded pass: see tests/conftest.py
 
 MiB = 2**20
 SIZE = 24 * MiB

@@ -11,6 +11,8 @@ import pytest
 
 from tests.e2e.test_sync import eventually, read_or_none
 
+pytestmark = pytest.mark.client_side  # once, in the embedded pass: see tests/conftest.py
+
 
 def status(m) -> dict:
     return json.loads(m.drive("status", str(m.path), "--json").stdout)[0]

@@ -12,6 +12,8 @@ import pytest
 
 from tests.e2e.test_sync import eventually
 
+pytestmark = pytest.mark.client_side  # once, in the embedded pass: see tests/conftest.py
+
 MiB = 2**20
 
 

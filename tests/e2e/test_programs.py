@@ -10,7 +10,11 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.helpers import download, server_node
+
+pytestmark = pytest.mark.client_side  # once, in the embedded pass: see tests/conftest.py
 
 
 def run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:

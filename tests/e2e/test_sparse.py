@@ -19,6 +19,8 @@ from tests.e2e.test_edits import on_server
 from tests.e2e.test_offline import status
 from tests.e2e.test_sync import eventually, read_or_none
 
+pytestmark = pytest.mark.client_side  # once, in the embedded pass: see tests/conftest.py
+
 MiB = 2**20
 SIZE = 24 * MiB
 

@@ -15,6 +15,8 @@ import pytest
 from tests.fixtures.faultproxy import mount_through_proxy
 from tests.reliability.helpers import ServerView
 
+pytestmark = pytest.mark.client_side  # once, in the embedded pass: see tests/conftest.py
+
 COMMIT = r"^POST /api/v1/uploads/[^/]+/commit$"
 SMALL = r"^POST /api/v1/files/small$"
 BIG = 300 * 2**10  # over the 256 KiB that may go inline
